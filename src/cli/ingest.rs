@@ -1,0 +1,76 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::anyhow;
+
+use cbtfs::ingest::{self, Request};
+use cbtfs::repo::Repo;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Repository directory
+    pub repo: PathBuf,
+    /// Machine the restore point belongs to
+    pub machine: String,
+    /// A disk of this point and its source (raw image file or block device); repeat per disk
+    #[arg(long = "disk", value_name = "NAME=SOURCE", required = true)]
+    pub disks: Vec<String>,
+    /// Changed-block map (JSON [{"offset":BYTES,"length":BYTES},...]) of a disk since --since
+    #[arg(long = "changes", value_name = "NAME=MAPFILE")]
+    pub changes: Vec<String>,
+    /// Checkpoint the maps are relative to; must be the latest point's checkpoint to be trusted
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub since: Option<String>,
+    /// Checkpoint id of this point (unique per machine); later maps are relative to it
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub checkpoint: Option<String>,
+    /// Full backup of every disk, whatever the chain holds
+    #[arg(long)]
+    pub full: bool,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn split_pair(flag: &str, s: &str) -> anyhow::Result<(String, PathBuf)> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--{flag} {s:?}: expected NAME=PATH"))?;
+    if path.is_empty() {
+        return Err(anyhow!("--{flag} {s:?}: the path after '=' is empty"));
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+pub fn run(a: Args) -> super::Outcome {
+    let req = Request {
+        machine: a.machine.clone(),
+        disks: a.disks.iter().map(|s| split_pair("disk", s)).collect::<anyhow::Result<_>>()?,
+        changes: a.changes.iter().map(|s| split_pair("changes", s)).collect::<anyhow::Result<_>>()?,
+        since: a.since.clone(),
+        checkpoint: a.checkpoint.clone(),
+        full: a.full,
+    };
+    let started = Instant::now();
+    let mut repo = Repo::open(&a.repo)?;
+    let plan = ingest::plan(&repo, &req)?;
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    let report = plan.execute(&mut repo)?;
+    let secs = started.elapsed().as_secs_f64();
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["seconds"] = serde_json::json!(secs);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{} {}: restore point {} in {secs:.2}s", report.machine, report.checkpoint.as_deref().unwrap_or("-"), report.point);
+        for d in &report.disks {
+            println!(
+                "  {:<12} {:>5}  {} bytes, {} blocks read, {} stored ({} bytes), {} deduplicated",
+                d.name, d.kind, d.size, d.blocks_read, d.blocks_stored, d.bytes_stored, d.blocks_deduplicated
+            );
+        }
+    }
+    Ok(super::exit::OK)
+}

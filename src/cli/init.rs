@@ -1,0 +1,63 @@
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+use cbtfs::format::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use cbtfs::repo::Repo;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Directory of the new repository (created if missing; must be empty)
+    pub repo: PathBuf,
+    /// Block size: a power of two from 4K to 4M, e.g. 64K, 1M or 131072
+    #[arg(long, default_value = "64K", value_parser = parse_block_size)]
+    pub block_size: u32,
+}
+
+/// Parses `4096`, `4K`, `64k`, `1M`, `1MiB`.
+pub fn parse_block_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = lower.strip_suffix("kib").or(lower.strip_suffix("k")) {
+        (n, 1024u64)
+    } else if let Some(n) = lower.strip_suffix("mib").or(lower.strip_suffix("m")) {
+        (n, 1024 * 1024)
+    } else {
+        (lower.as_str(), 1)
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 64K, 1M or 131072"))?;
+    let v = n.checked_mul(mult).ok_or_else(|| format!("{s} is too large"))?;
+    if !v.is_power_of_two() || v < MIN_BLOCK_SIZE as u64 || v > MAX_BLOCK_SIZE as u64 {
+        return Err(format!("block size {s} must be a power of two from 4K to 4M"));
+    }
+    Ok(v as u32)
+}
+
+pub fn run(a: Args) -> super::Outcome {
+    if a.block_size == 0 {
+        bail!("block size must not be zero");
+    }
+    Repo::init(&a.repo, a.block_size)?;
+    let kib = a.block_size / 1024;
+    let note = if a.block_size == DEFAULT_BLOCK_SIZE { " (default)" } else { "" };
+    println!("initialised repository {} with {kib} KiB blocks{note}", a.repo.display());
+    Ok(super::exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_block_size as p;
+
+    #[test]
+    fn block_sizes() {
+        assert_eq!(p("64K"), Ok(65536));
+        assert_eq!(p("64k"), Ok(65536));
+        assert_eq!(p("131072"), Ok(131072));
+        assert_eq!(p("4K"), Ok(4096));
+        assert_eq!(p("4M"), Ok(4 << 20));
+        assert_eq!(p("1MiB"), Ok(1 << 20));
+        for bad in ["", "2K", "8M", "100K", "abc", "-64K", "0", "99999999999999999999M"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! The command line: one module per subcommand, each an Args struct and
+//! its `run`. User-facing messages go to stdout/stderr here; diagnostics go
+//! through `log` (RUST_LOG).
+
+pub mod ingest;
+pub mod init;
+pub mod list;
+pub mod mount;
+pub mod verify;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes are part of the interface (see the man page).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const DAMAGE: u8 = 3;
+    pub const BUSY: u8 = 4;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "cbtfs", version, about = "Changed-block-tracking backups of VM disk images, mounted as full images through FUSE",
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 verify found damage, 4 repository busy.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository
+    Init(init::Args),
+    /// Add a restore point (full, by changed-block map, or by full scan)
+    Ingest(ingest::Args),
+    /// List machines, restore points and disks
+    List(list::Args),
+    /// Serve every restore point as a disk image through read-only FUSE
+    Mount(mount::Args),
+    /// Re-read every stored block and check it
+    Verify(verify::Args),
+}
+
+/// A command's result: Ok(exit code) or an error for main to print.
+pub type Outcome = anyhow::Result<u8>;

@@ -1,0 +1,41 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use cbtfs::catalog::Catalog;
+use cbtfs::chain::Chain;
+use cbtfs::fuse::{CbtFs, mount};
+use cbtfs::image::{BlockCache, Store};
+use cbtfs::pack::PackReader;
+use cbtfs::repo::Repo;
+
+/// Decompressed blocks kept in memory, whatever the disk size.
+const CACHE_BYTES: usize = 64 << 20;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Repository directory
+    pub repo: PathBuf,
+    /// Empty directory to mount on; runs in the foreground until `umount` or SIGINT/SIGTERM
+    pub mountpoint: PathBuf,
+}
+
+pub fn run(a: Args) -> super::Outcome {
+    let repo = Repo::open(&a.repo)?;
+    if !a.mountpoint.is_dir() {
+        anyhow::bail!("mount point {} is not a directory; create it first", a.mountpoint.display());
+    }
+    let store = Arc::new(Store {
+        chain: Chain::new(&repo.path),
+        packs: PackReader::new(&repo.path),
+        cache: BlockCache::new(CACHE_BYTES, repo.block_size),
+        block_size: repo.block_size,
+    });
+    drop(repo);
+    let fs = CbtFs::new(Catalog::new(store));
+    mount(fs, &a.mountpoint).with_context(|| {
+        format!("cannot mount on {} (is FUSE available: /dev/fuse and fusermount3?)", a.mountpoint.display())
+    })?;
+    Ok(super::exit::OK)
+}

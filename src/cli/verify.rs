@@ -1,0 +1,41 @@
+use std::path::PathBuf;
+
+use cbtfs::repo::Repo;
+use cbtfs::verify::verify;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Repository directory
+    pub repo: PathBuf,
+    /// Print a JSON report on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> super::Outcome {
+    let repo = Repo::open(&a.repo)?;
+    let r = verify(&repo, |_, _| {})?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        for p in &r.index_problems {
+            eprintln!("index damaged: {p}");
+        }
+        for d in &r.damaged {
+            let users: Vec<String> = d.used_by.iter().map(|u| format!("{}/{}/{}", u.machine, u.point, u.disk)).collect();
+            eprintln!(
+                "damaged block in pack {} at offset {}: {}; affects {}",
+                d.pack,
+                d.offset,
+                d.error,
+                if users.is_empty() { "no restore point".to_string() } else { users.join(", ") }
+            );
+        }
+        if r.ok {
+            println!("ok: {} blocks ({} bytes) checked", r.blocks_checked, r.bytes_checked);
+        } else {
+            eprintln!("DAMAGE: {} of {} blocks damaged", r.damaged.len(), r.blocks_checked);
+        }
+    }
+    Ok(if r.ok { super::exit::OK } else { super::exit::DAMAGE })
+}

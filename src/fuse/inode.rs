@@ -1,0 +1,66 @@
+//! Inode numbers for catalog nodes: computed, not allocated, so the table
+//! needs no state and an inode stays valid for the life of its object.
+//! The top byte says the node type, the rest is the row id.
+
+use fuser::INodeNo;
+
+use crate::catalog::Node;
+use crate::ids::{MachineId, PointDiskId, PointId};
+
+const SHIFT: u32 = 56;
+const ID_MASK: u64 = (1 << SHIFT) - 1;
+const MACHINE: u64 = 1;
+const POINT: u64 = 2;
+const LATEST: u64 = 3;
+const IMAGE: u64 = 4;
+
+pub fn to_ino(node: Node) -> INodeNo {
+    let (tag, id) = match node {
+        Node::Root => return INodeNo::ROOT,
+        Node::Machine(MachineId(id)) => (MACHINE, id),
+        Node::Point(PointId(id)) => (POINT, id),
+        Node::Latest(MachineId(id)) => (LATEST, id),
+        Node::Image(PointDiskId(id)) => (IMAGE, id),
+    };
+    INodeNo((tag << SHIFT) | (id as u64 & ID_MASK))
+}
+
+pub fn from_ino(ino: INodeNo) -> Option<Node> {
+    let v = u64::from(ino);
+    if ino == INodeNo::ROOT {
+        return Some(Node::Root);
+    }
+    let id = (v & ID_MASK) as i64;
+    match v >> SHIFT {
+        MACHINE => Some(Node::Machine(MachineId(id))),
+        POINT => Some(Node::Point(PointId(id))),
+        LATEST => Some(Node::Latest(MachineId(id))),
+        IMAGE => Some(Node::Image(PointDiskId(id))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_distinct() {
+        let nodes = [
+            Node::Root,
+            Node::Machine(MachineId(1)),
+            Node::Point(PointId(1)),
+            Node::Latest(MachineId(1)),
+            Node::Image(PointDiskId(1)),
+            Node::Image(PointDiskId(ID_MASK as i64)),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for n in nodes {
+            let ino = to_ino(n);
+            assert_eq!(from_ino(ino), Some(n));
+            assert!(seen.insert(u64::from(ino)), "{n:?} collides");
+        }
+        assert_eq!(from_ino(INodeNo(2)), None);
+        assert_eq!(from_ino(INodeNo(9 << SHIFT)), None);
+    }
+}

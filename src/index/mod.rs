@@ -1,0 +1,496 @@
+//! The SQLite block index: open with pragmas, migrate, typed queries.
+//!
+//! Concurrency: one writer at a time (the ingest holding the repository
+//! lock, see `repo.rs`); any number of readers (mounts, list, verify). WAL
+//! mode lets readers see the last committed state while an ingest runs;
+//! an ingest is one transaction, so readers never see half of one.
+//!
+//! Lookup cost: the content of block N of a disk at point S is the row of
+//! `block_versions` with key (lineage, N, greatest seq <= S): one B-tree
+//! seek, O(log of all versions), the same at chain depth 1 and 1000.
+
+pub mod migrate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::ids::{BlockId, BlockNo, Digest, LineageId, MachineId, PackId, PointDiskId, PointId};
+use crate::pack::FrameLoc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("{0} is not a cbtfs repository (no {idx}); create one with `cbtfs init`", idx = crate::format::INDEX_FILE)]
+    NotARepo(PathBuf),
+    #[error("cannot open the repository index {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("the repository index {path} is damaged: {what}")]
+    BadMeta { path: PathBuf, what: String },
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
+    #[error("repository index: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+pub type Result<T> = std::result::Result<T, IndexError>;
+
+/// A restore point row.
+#[derive(Debug, Clone)]
+pub struct PointRow {
+    pub id: PointId,
+    pub machine: MachineId,
+    pub seq: i64,
+    pub created: i64,
+    pub checkpoint: Option<String>,
+}
+
+impl PointRow {
+    /// Folder name in the mount and in `list`: zero-padded seq, then UTC
+    /// creation time, so plain byte order is creation order.
+    pub fn name(&self) -> String {
+        crate::names::point_name(self.seq, self.created)
+    }
+}
+
+/// A disk of a restore point.
+#[derive(Debug, Clone)]
+pub struct PointDiskRow {
+    pub id: PointDiskId,
+    pub point: PointId,
+    pub name: String,
+    pub lineage: LineageId,
+    pub size: u64,
+    pub kind: String,
+    pub reason: Option<String>,
+    pub blocks_read: u64,
+    pub blocks_stored: u64,
+    pub bytes_stored: u64,
+}
+
+/// A stored block, for verify.
+#[derive(Debug, Clone)]
+pub struct BlockRow {
+    pub id: BlockId,
+    pub digest: Digest,
+    pub loc: FrameLoc,
+}
+
+pub struct Index {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn set_pragmas(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a committed ingest survives power loss, not only a crash.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+impl Index {
+    /// Creates the index of a new repository. Fails if it exists.
+    pub fn create(repo: &Path, block_size: u32, now: i64) -> Result<Index> {
+        let path = repo.join(crate::format::INDEX_FILE);
+        let open = |e| IndexError::Open { path: path.clone(), source: e };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+        let mut conn = Connection::open_with_flags(&path, flags).map_err(open)?;
+        set_pragmas(&conn).map_err(open)?;
+        migrate::migrate(&mut conn)?;
+        let tx = conn.transaction()?;
+        for (k, v) in [
+            ("format_version", crate::format::REPO_FORMAT_VERSION.to_string()),
+            ("block_size", block_size.to_string()),
+            ("created", now.to_string()),
+        ] {
+            tx.execute("INSERT INTO repo_meta(key, value) VALUES (?1, ?2)", params![k, v])?;
+        }
+        tx.commit()?;
+        Ok(Index { conn, path })
+    }
+
+    /// Opens the index of an existing repository, migrating it if needed.
+    pub fn open(repo: &Path) -> Result<Index> {
+        let path = repo.join(crate::format::INDEX_FILE);
+        if !path.is_file() {
+            return Err(IndexError::NotARepo(repo.to_path_buf()));
+        }
+        let open = |e| IndexError::Open { path: path.clone(), source: e };
+        let mut conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(open)?;
+        set_pragmas(&conn).map_err(open)?;
+        migrate::migrate(&mut conn)?;
+        let idx = Index { conn, path };
+        let fv: u32 = idx.meta_u64("format_version")? as u32;
+        if fv > crate::format::REPO_FORMAT_VERSION {
+            return Err(IndexError::BadMeta {
+                path: idx.path.clone(),
+                what: format!("format version {fv} is newer than this cbtfs supports; upgrade cbtfs"),
+            });
+        }
+        Ok(idx)
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    fn meta_u64(&self, key: &str) -> Result<u64> {
+        let v: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM repo_meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?;
+        v.and_then(|s| s.parse().ok()).ok_or_else(|| IndexError::BadMeta {
+            path: self.path.clone(),
+            what: format!("missing or invalid setting {key}"),
+        })
+    }
+
+    pub fn block_size(&self) -> Result<u32> {
+        Ok(self.meta_u64("block_size")? as u32)
+    }
+
+    // ---- machines and points -------------------------------------------
+
+    pub fn machine_id(&self, name: &str) -> Result<Option<MachineId>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id FROM machines WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn machines(&self) -> Result<Vec<(MachineId, String)>> {
+        let mut st = self.conn.prepare_cached("SELECT id, name FROM machines ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn machine_name(&self, id: MachineId) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT name FROM machines WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn insert_machine(&self, name: &str) -> Result<MachineId> {
+        self.conn.prepare_cached("INSERT INTO machines(name) VALUES (?1)")?.execute([name])?;
+        Ok(MachineId(self.conn.last_insert_rowid()))
+    }
+
+    fn point_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PointRow> {
+        Ok(PointRow {
+            id: r.get(0)?,
+            machine: r.get(1)?,
+            seq: r.get(2)?,
+            created: r.get(3)?,
+            checkpoint: r.get(4)?,
+        })
+    }
+
+    /// Points of a machine, oldest first.
+    pub fn points(&self, machine: MachineId) -> Result<Vec<PointRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, machine_id, seq, created, checkpoint FROM points
+             WHERE machine_id = ?1 ORDER BY seq",
+        )?;
+        let rows = st.query_map([machine], Self::point_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn latest_point(&self, machine: MachineId) -> Result<Option<PointRow>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id, machine_id, seq, created, checkpoint FROM points
+                 WHERE machine_id = ?1 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([machine], Self::point_from_row)
+            .optional()?)
+    }
+
+    pub fn point(&self, id: PointId) -> Result<Option<PointRow>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id, machine_id, seq, created, checkpoint FROM points WHERE id = ?1")?
+            .query_row([id], Self::point_from_row)
+            .optional()?)
+    }
+
+    pub fn checkpoint_used(&self, machine: MachineId, checkpoint: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM points WHERE machine_id = ?1 AND checkpoint = ?2")?
+            .exists(params![machine, checkpoint])?)
+    }
+
+    pub fn insert_point(
+        &self,
+        machine: MachineId,
+        seq: i64,
+        created: i64,
+        checkpoint: Option<&str>,
+    ) -> Result<PointId> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO points(machine_id, seq, created, checkpoint) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![machine, seq, created, checkpoint])?;
+        Ok(PointId(self.conn.last_insert_rowid()))
+    }
+
+    pub fn insert_lineage(&self, machine: MachineId, disk: &str) -> Result<LineageId> {
+        self.conn
+            .prepare_cached("INSERT INTO lineages(machine_id, disk_name) VALUES (?1, ?2)")?
+            .execute(params![machine, disk])?;
+        Ok(LineageId(self.conn.last_insert_rowid()))
+    }
+
+    fn disk_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PointDiskRow> {
+        Ok(PointDiskRow {
+            id: r.get(0)?,
+            point: r.get(1)?,
+            name: r.get(2)?,
+            lineage: r.get(3)?,
+            size: r.get::<_, i64>(4)? as u64,
+            kind: r.get(5)?,
+            reason: r.get(6)?,
+            blocks_read: r.get::<_, i64>(7)? as u64,
+            blocks_stored: r.get::<_, i64>(8)? as u64,
+            bytes_stored: r.get::<_, i64>(9)? as u64,
+        })
+    }
+
+    const DISK_COLS: &'static str = "id, point_id, name, lineage_id, size, kind, reason,
+        blocks_read, blocks_stored, bytes_stored";
+
+    /// Disks of a point, by name.
+    pub fn point_disks(&self, point: PointId) -> Result<Vec<PointDiskRow>> {
+        let sql = format!(
+            "SELECT {} FROM point_disks WHERE point_id = ?1 ORDER BY name",
+            Self::DISK_COLS
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map([point], Self::disk_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn point_disk(&self, id: PointDiskId) -> Result<Option<PointDiskRow>> {
+        let sql = format!("SELECT {} FROM point_disks WHERE id = ?1", Self::DISK_COLS);
+        Ok(self.conn.prepare_cached(&sql)?.query_row([id], Self::disk_from_row).optional()?)
+    }
+
+    pub fn insert_point_disk(&self, d: &PointDiskRow) -> Result<PointDiskId> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO point_disks(point_id, name, lineage_id, size, kind, reason,
+                   blocks_read, blocks_stored, bytes_stored)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                d.point,
+                d.name,
+                d.lineage,
+                d.size as i64,
+                d.kind,
+                d.reason,
+                d.blocks_read as i64,
+                d.blocks_stored as i64,
+                d.bytes_stored as i64
+            ])?;
+        Ok(PointDiskId(self.conn.last_insert_rowid()))
+    }
+
+    // ---- blocks and versions -------------------------------------------
+
+    pub fn find_block(&self, digest: &Digest) -> Result<Option<BlockId>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id FROM blocks WHERE digest = ?1")?
+            .query_row([digest], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn insert_block(&self, digest: &Digest, loc: &FrameLoc) -> Result<BlockId> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO blocks(digest, pack_id, offset, stored_len, raw_len)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                digest,
+                loc.pack,
+                loc.offset as i64,
+                loc.stored_len as i64,
+                loc.raw_len as i64
+            ])?;
+        Ok(BlockId(self.conn.last_insert_rowid()))
+    }
+
+    /// Records the content of `block` of `lineage` as of point `seq`;
+    /// `None` means all zeros.
+    pub fn insert_version(
+        &self,
+        lineage: LineageId,
+        block: BlockNo,
+        seq: i64,
+        id: Option<BlockId>,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO block_versions(lineage_id, block_no, seq, block_id)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![lineage, block, seq, id])?;
+        Ok(())
+    }
+
+    /// Latest version at or before `seq` of every block in `lo..hi` that has
+    /// any version: (block, digest), digest `None` for an all-zero version.
+    /// Blocks without a row are zero. Costs the number of versions in range.
+    pub fn versions_in_range(
+        &self,
+        lineage: LineageId,
+        seq: i64,
+        lo: BlockNo,
+        hi: BlockNo,
+    ) -> Result<Vec<(BlockNo, Option<Digest>)>> {
+        // SQLite's bare-column rule: with max(seq), the other columns come
+        // from the row holding the maximum.
+        let mut st = self.conn.prepare_cached(
+            "SELECT v.block_no, max(v.seq), b.digest FROM block_versions v
+             LEFT JOIN blocks b ON b.id = v.block_id
+             WHERE v.lineage_id = ?1 AND v.block_no >= ?2 AND v.block_no < ?3 AND v.seq <= ?4
+             GROUP BY v.block_no ORDER BY v.block_no",
+        )?;
+        let rows = st.query_map(params![lineage, lo, hi, seq], |r| Ok((r.get(0)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Where the bytes of `block` of `lineage` at point `seq` live; `None`
+    /// when the block is all zeros. One index seek, independent of depth.
+    pub fn locate(&self, lineage: LineageId, seq: i64, block: BlockNo) -> Result<Option<(BlockId, FrameLoc)>> {
+        let row: Option<Option<(BlockId, FrameLoc)>> = self
+            .conn
+            .prepare_cached(
+                "SELECT b.id, b.pack_id, b.offset, b.stored_len, b.raw_len FROM
+                   (SELECT block_id FROM block_versions
+                    WHERE lineage_id = ?1 AND block_no = ?2 AND seq <= ?3
+                    ORDER BY seq DESC LIMIT 1) v
+                 LEFT JOIN blocks b ON b.id = v.block_id",
+            )?
+            .query_row(params![lineage, block, seq], |r| {
+                let id: Option<BlockId> = r.get(0)?;
+                Ok(match id {
+                    None => None,
+                    Some(id) => Some((
+                        id,
+                        FrameLoc {
+                            pack: r.get(1)?,
+                            offset: r.get::<_, i64>(2)? as u64,
+                            stored_len: r.get::<_, i64>(3)? as u32,
+                            raw_len: r.get::<_, i64>(4)? as u32,
+                        },
+                    )),
+                })
+            })
+            .optional()?;
+        Ok(row.flatten())
+    }
+
+    // ---- packs ------------------------------------------------------------
+
+    pub fn pack_ids(&self) -> Result<Vec<PackId>> {
+        let mut st = self.conn.prepare_cached("SELECT id FROM packs ORDER BY id")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn pack_sizes(&self) -> Result<Vec<(PackId, u64)>> {
+        let mut st = self.conn.prepare_cached("SELECT id, size FROM packs ORDER BY id")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn next_pack_id(&self) -> Result<PackId> {
+        let max: Option<i64> = self.conn.query_row("SELECT max(id) FROM packs", [], |r| r.get(0))?;
+        Ok(PackId(max.unwrap_or(0) + 1))
+    }
+
+    pub fn insert_pack(&self, id: PackId, size: u64, created: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT INTO packs(id, size, created) VALUES (?1, ?2, ?3)")?
+            .execute(params![id, size as i64, created])?;
+        Ok(())
+    }
+
+    /// Every stored block in pack order, for sequential verification.
+    pub fn all_blocks(&self) -> Result<Vec<BlockRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, digest, pack_id, offset, stored_len, raw_len FROM blocks
+             ORDER BY pack_id, offset",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(BlockRow {
+                id: r.get(0)?,
+                digest: r.get(1)?,
+                loc: FrameLoc {
+                    pack: r.get(2)?,
+                    offset: r.get::<_, i64>(3)? as u64,
+                    stored_len: r.get::<_, i64>(4)? as u32,
+                    raw_len: r.get::<_, i64>(5)? as u32,
+                },
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// (machine, point, disk) triples whose content uses `block` (at any
+    /// of their versions visible at that point). Used to tell the user what
+    /// damage affects; cost is a scan of the block's versions.
+    pub fn users_of_block(&self, block: BlockId) -> Result<Vec<(String, PointRow, String)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT DISTINCT v.lineage_id, v.block_no, v.seq FROM block_versions v
+             WHERE v.block_id = ?1",
+        )?;
+        let versions: Vec<(LineageId, BlockNo, i64)> = st
+            .query_map([block], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::new();
+        for (lineage, block_no, seq) in versions {
+            // Points of this lineage from seq on, until the block is replaced.
+            let mut st = self.conn.prepare_cached(
+                "SELECT p.id, p.machine_id, p.seq, p.created, p.checkpoint, d.name, m.name, d.size
+                 FROM point_disks d JOIN points p ON p.id = d.point_id
+                 JOIN machines m ON m.id = p.machine_id
+                 WHERE d.lineage_id = ?1 AND p.seq >= ?2
+                   AND p.seq < coalesce((SELECT min(seq) FROM block_versions
+                       WHERE lineage_id = ?1 AND block_no = ?3 AND seq > ?2), 9223372036854775807)
+                 ORDER BY p.seq",
+            )?;
+            let block_size = self.block_size()? as u64;
+            let rows = st.query_map(params![lineage, seq, block_no], |r| {
+                Ok((
+                    Self::point_from_row(r)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, i64>(7)? as u64,
+                ))
+            })?;
+            for row in rows {
+                let (p, disk, machine, size) = row?;
+                if block_no.0 * block_size < size {
+                    out.push((machine, p, disk));
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,324 @@
+//! `ingest`: adds one restore point to a machine's chain.
+//!
+//! Two phases. [`plan`] validates everything (names, sources, maps,
+//! checkpoints) and decides per disk how to read it, writing nothing.
+//! [`Plan::execute`] then reads, stores and commits in one index
+//! transaction, so the point appears whole or not at all.
+//!
+//! How each disk is read:
+//! - *full* (first ingest, a disk not in the latest point, or `--full`): a
+//!   new lineage; only allocated data is read, zero blocks are not stored.
+//! - *map*: the map is tied to the chain (`--since` is the latest point's
+//!   checkpoint); only blocks overlapping its extents are read, plus any
+//!   region the disk grew by.
+//! - *scan*: no trustworthy map; every allocated block is read and stored
+//!   only if it differs from the previous point; holes become zero where
+//!   the previous point had data.
+//! In map and scan modes a block whose content equals the previous
+//! version writes nothing, and a disk that shrank gets zero versions for
+//! the cut-off blocks, so that growing it later cannot expose old data.
+
+pub mod changemap;
+pub mod source;
+mod store;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::ids::LineageId;
+use crate::index::{PointDiskRow, PointRow};
+use crate::names::{check_checkpoint, check_name};
+use crate::ranges::RangeSet;
+use crate::repo::Repo;
+use source::Source;
+
+/// What the user asked for, as given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub machine: String,
+    pub disks: Vec<(String, PathBuf)>,
+    pub changes: Vec<(String, PathBuf)>,
+    pub since: Option<String>,
+    pub checkpoint: Option<String>,
+    pub full: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Full,
+    Map,
+    Scan,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Full => "full",
+            Kind::Map => "map",
+            Kind::Scan => "scan",
+        }
+    }
+}
+
+/// The previous version of a disk that an incremental builds on.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    pub lineage: LineageId,
+    pub seq: i64,
+    pub size: u64,
+}
+
+/// How one disk will be ingested.
+pub struct DiskPlan {
+    pub name: String,
+    pub source: Source,
+    pub kind: Kind,
+    /// Why a scan happens (shown to the user and kept in the index).
+    pub reason: Option<String>,
+    pub prev: Option<Previous>,
+    /// Changed byte ranges, for kind Map.
+    pub changed: Option<RangeSet>,
+}
+
+pub struct Plan {
+    pub machine: String,
+    pub latest: Option<PointRow>,
+    pub checkpoint: Option<String>,
+    pub disks: Vec<DiskPlan>,
+    /// Messages for the user (stderr), e.g. full-scan fallbacks.
+    pub warnings: Vec<String>,
+    _lock: crate::repo::WriterLock,
+}
+
+/// Per-disk result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiskReport {
+    pub name: String,
+    pub kind: &'static str,
+    pub reason: Option<String>,
+    pub size: u64,
+    pub blocks_read: u64,
+    pub blocks_stored: u64,
+    pub blocks_deduplicated: u64,
+    pub bytes_stored: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub machine: String,
+    pub point: String,
+    pub seq: i64,
+    pub checkpoint: Option<String>,
+    pub disks: Vec<DiskReport>,
+}
+
+fn check_request(req: &Request) -> Result<()> {
+    check_name("machine", &req.machine)?;
+    if req.disks.is_empty() {
+        return Err(Error::Input("no disk given; name at least one with --disk NAME=SOURCE".into()));
+    }
+    let mut seen = HashSet::new();
+    for (name, _) in &req.disks {
+        check_name("disk", name)?;
+        if !seen.insert(name.as_str()) {
+            return Err(Error::Input(format!("disk {name} is given twice; name each disk once")));
+        }
+    }
+    let mut mapped = HashSet::new();
+    for (name, path) in &req.changes {
+        if !seen.contains(name.as_str()) {
+            return Err(Error::Input(format!(
+                "map {} is for disk {name}, which is not in this ingest; add --disk {name}=SOURCE or drop the map",
+                path.display()
+            )));
+        }
+        if !mapped.insert(name.as_str()) {
+            return Err(Error::Input(format!("disk {name} has two maps; give one --changes per disk")));
+        }
+    }
+    if let Some(c) = &req.checkpoint {
+        check_checkpoint(c)?;
+    }
+    if let Some(c) = &req.since {
+        check_checkpoint(c)?;
+    }
+    Ok(())
+}
+
+/// Validates the request against the repository and decides how to read
+/// each disk. Takes the writer lock; writes nothing.
+pub fn plan(repo: &Repo, req: &Request) -> Result<Plan> {
+    check_request(req)?;
+    let lock = repo.lock_writer()?;
+    let machine = repo.index.machine_id(&req.machine)?;
+    let latest = match machine {
+        Some(m) => repo.index.latest_point(m)?,
+        None => None,
+    };
+    if let (Some(m), Some(c)) = (machine, &req.checkpoint) {
+        if repo.index.checkpoint_used(m, c)? {
+            return Err(Error::Input(format!(
+                "checkpoint {c} is already recorded for machine {}; checkpoint ids must be unique per machine",
+                req.machine
+            )));
+        }
+    }
+    let prev_disks = match &latest {
+        Some(p) => repo.index.point_disks(p.id)?,
+        None => Vec::new(),
+    };
+    let latest_cp = latest.as_ref().and_then(|p| p.checkpoint.clone());
+    let tied = match (&req.since, &latest_cp) {
+        (Some(s), Some(l)) => s == l,
+        _ => false,
+    };
+
+    let mut warnings = Vec::new();
+    let mut disks = Vec::new();
+    for (name, path) in &req.disks {
+        let source = Source::open(name, path)?;
+        let map_path = req.changes.iter().find(|(n, _)| n == name).map(|(_, p)| p);
+        let changed = match map_path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::Input(format!("disk {name}: cannot read map {}: {e}", p.display()))
+                })?;
+                Some(changemap::parse(&text, source.size).map_err(|e| {
+                    Error::Input(format!("disk {name}: map {}: {e}", p.display()))
+                })?)
+            }
+            None => None,
+        };
+        let prev_row: Option<&PointDiskRow> = prev_disks.iter().find(|d| d.name == *name);
+        let prev = prev_row.map(|d| Previous {
+            lineage: d.lineage,
+            seq: latest.as_ref().map(|p| p.seq).unwrap_or(0),
+            size: d.size,
+        });
+        let (kind, reason) = if req.full || prev.is_none() {
+            if changed.is_some() {
+                warnings.push(format!(
+                    "disk {name}: map ignored: {}",
+                    if req.full { "--full was given" } else { "the disk has no previous version, so this is a full backup" }
+                ));
+            }
+            (Kind::Full, None)
+        } else if changed.is_some() && tied {
+            (Kind::Map, None)
+        } else {
+            let why = if changed.is_none() {
+                "no changed-block map was given".to_string()
+            } else if req.since.is_none() {
+                "the map is not tied to a checkpoint (no --since)".to_string()
+            } else {
+                format!(
+                    "the map is relative to checkpoint {}, but the latest restore point {}",
+                    req.since.as_deref().unwrap_or_default(),
+                    match &latest_cp {
+                        Some(c) => format!("has checkpoint {c}"),
+                        None => "has no checkpoint".to_string(),
+                    }
+                )
+            };
+            warnings.push(format!("disk {name}: full scan: {why}; reading the whole disk"));
+            (Kind::Scan, Some(why))
+        };
+        disks.push(DiskPlan { name: name.clone(), source, kind, reason, prev: if kind == Kind::Full { None } else { prev }, changed });
+    }
+    Ok(Plan {
+        machine: req.machine.clone(),
+        latest,
+        checkpoint: req.checkpoint.clone(),
+        disks,
+        warnings,
+        _lock: lock,
+    })
+}
+
+impl Plan {
+    /// Reads, stores and commits. On any error nothing is committed and
+    /// packs written so far are removed.
+    pub fn execute(self, repo: &mut Repo) -> Result<Report> {
+        let lock = &self._lock;
+        repo.remove_orphan_packs(lock)?;
+        let block_size = repo.block_size;
+        let repo_path = repo.path.clone();
+        // One transaction for the whole point. Index methods borrow the
+        // connection, so it is opened with SQL rather than a Transaction
+        // guard; every exit path below commits or rolls back.
+        repo.index.conn().execute_batch("BEGIN IMMEDIATE")?;
+        let result = self.execute_in_tx(repo, &repo_path, block_size);
+        match result {
+            Ok((report, packs)) => {
+                repo.index.conn().execute_batch("COMMIT")?;
+                for p in packs {
+                    p.publish();
+                }
+                Ok(report)
+            }
+            Err(e) => {
+                let _ = repo.index.conn().execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn execute_in_tx(
+        &self,
+        repo: &Repo,
+        repo_path: &std::path::Path,
+        block_size: u32,
+    ) -> Result<(Report, Vec<crate::pack::writer::SealedPack>)> {
+        let idx = &repo.index;
+        let now = crate::repo::now_unix();
+        let machine = match idx.machine_id(&self.machine)? {
+            Some(m) => m,
+            None => idx.insert_machine(&self.machine)?,
+        };
+        let seq = self.latest.as_ref().map(|p| p.seq + 1).unwrap_or(1);
+        let point = idx.insert_point(machine, seq, now, self.checkpoint.as_deref())?;
+        let mut store = store::BlockStore::new(idx, repo_path, block_size, now)?;
+        let mut reports = Vec::new();
+        for d in &self.disks {
+            let lineage = match &d.prev {
+                Some(p) => p.lineage,
+                None => idx.insert_lineage(machine, &d.name)?,
+            };
+            let stats = store.ingest_disk(d, lineage, seq)?;
+            idx.insert_point_disk(&PointDiskRow {
+                id: crate::ids::PointDiskId(0),
+                point,
+                name: d.name.clone(),
+                lineage,
+                size: d.source.size,
+                kind: d.kind.as_str().to_string(),
+                reason: d.reason.clone(),
+                blocks_read: stats.blocks_read,
+                blocks_stored: stats.blocks_stored,
+                bytes_stored: stats.bytes_stored,
+            })?;
+            reports.push(DiskReport {
+                name: d.name.clone(),
+                kind: d.kind.as_str(),
+                reason: d.reason.clone(),
+                size: d.source.size,
+                blocks_read: stats.blocks_read,
+                blocks_stored: stats.blocks_stored,
+                blocks_deduplicated: stats.blocks_deduplicated,
+                bytes_stored: stats.bytes_stored,
+            });
+        }
+        let packs = store.finish()?;
+        Ok((
+            Report {
+                machine: self.machine.clone(),
+                point: crate::names::point_name(seq, now),
+                seq,
+                checkpoint: self.checkpoint.clone(),
+                disks: reports,
+            },
+            packs,
+        ))
+    }
+}

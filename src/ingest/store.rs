@@ -1,0 +1,285 @@
+//! The block engine of an ingest: reads planned blocks in batches on a
+//! reader thread, hashes and compresses on all cores (rayon), and on the
+//! calling thread compares with the previous version, deduplicates, appends
+//! frames to packs and records versions. Memory is bounded by a few
+//! batches, whatever the disk size.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::mpsc::{Receiver, sync_channel};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::{PACK_HEADER_LEN, PACK_TARGET_SIZE};
+use crate::ids::{BlockId, BlockNo, Digest, LineageId, PackId};
+use crate::index::Index;
+use crate::pack::writer::SealedPack;
+use crate::pack::{FrameLoc, PackWriter, frame};
+use crate::ranges::RangeSet;
+use crate::span::block_count;
+
+use super::source::read_padded;
+use super::{DiskPlan, Kind};
+
+/// Bytes read per batch: large enough to keep both cores busy, small
+/// enough to keep memory flat.
+const BATCH_BYTES: u64 = 8 << 20;
+/// Batches in flight between the reader thread and the hashers.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiskStats {
+    pub blocks_read: u64,
+    pub blocks_stored: u64,
+    pub blocks_deduplicated: u64,
+    pub bytes_stored: u64,
+}
+
+struct Batch {
+    first: u64,
+    count: usize,
+    data: Vec<u8>,
+}
+
+pub struct BlockStore<'a> {
+    idx: &'a Index,
+    repo: &'a Path,
+    block_size: u32,
+    now: i64,
+    next_pack: PackId,
+    writer: Option<PackWriter>,
+    sealed: Vec<SealedPack>,
+}
+
+/// All-zero test in 16-byte words; blocks are never stored when zero.
+fn is_zero(b: &[u8]) -> bool {
+    let words = b.chunks_exact(16);
+    let tail = words.remainder();
+    tail.iter().all(|&x| x == 0) && words.into_iter().all(|w| u128::from_ne_bytes(w.try_into().unwrap()) == 0)
+}
+
+impl<'a> BlockStore<'a> {
+    pub fn new(idx: &'a Index, repo: &'a Path, block_size: u32, now: i64) -> Result<BlockStore<'a>> {
+        Ok(BlockStore { idx, repo, block_size, now, next_pack: idx.next_pack_id()?, writer: None, sealed: Vec::new() })
+    }
+
+    fn bs(&self) -> u64 {
+        self.block_size as u64
+    }
+
+    /// Appends a frame, starting a new pack when the current one is full.
+    fn append(&mut self, bytes: &[u8]) -> Result<(PackId, u64)> {
+        if self.writer.as_ref().is_some_and(|w| w.len() >= PACK_TARGET_SIZE) {
+            self.seal_current()?;
+        }
+        if self.writer.is_none() {
+            let id = self.next_pack;
+            self.next_pack = PackId(id.0 + 1);
+            let w = PackWriter::create(self.repo, id).map_err(|e| {
+                Error::io(format!("cannot create pack {}", crate::pack::pack_path(self.repo, id).display()), e)
+            })?;
+            self.idx.insert_pack(id, PACK_HEADER_LEN as u64, self.now)?;
+            self.writer = Some(w);
+        }
+        let w = self.writer.as_mut().unwrap();
+        let at = w.append(bytes).map_err(|e| Error::io(format!("cannot write pack {}", w.id().0), e))?;
+        Ok((w.id(), at))
+    }
+
+    fn seal_current(&mut self) -> Result<()> {
+        if let Some(w) = self.writer.take() {
+            let id = w.id();
+            let sealed = w.seal().map_err(|e| Error::io(format!("cannot sync pack {}", id.0), e))?;
+            self.idx.conn().execute("UPDATE packs SET size = ?1 WHERE id = ?2", rusqlite::params![sealed.len as i64, id])?;
+            self.sealed.push(sealed);
+        }
+        Ok(())
+    }
+
+    /// Seals the last pack; the caller commits, then publishes the packs.
+    pub fn finish(mut self) -> Result<Vec<SealedPack>> {
+        self.seal_current()?;
+        Ok(std::mem::take(&mut self.sealed))
+    }
+
+    pub fn ingest_disk(&mut self, d: &DiskPlan, lineage: LineageId, seq: i64) -> Result<DiskStats> {
+        let bs = self.bs();
+        let size = d.source.size;
+        let nblocks = block_count(size, self.block_size);
+        let all = RangeSet::single(0..nblocks);
+        let candidates = match d.kind {
+            Kind::Full | Kind::Scan => all.clone(),
+            Kind::Map => {
+                let mut c = d.changed.as_ref().expect("map plan has a map").to_blocks(bs);
+                if let Some(p) = &d.prev {
+                    if size > p.size {
+                        // Grown region, from the old last (maybe partial) block.
+                        c = c.union(&RangeSet::single(p.size / bs..nblocks));
+                    }
+                }
+                c
+            }
+        };
+        let allocated = d.source.allocated()?.to_blocks(bs).intersect(&all);
+        let to_read = candidates.intersect(&allocated);
+        let holes = candidates.subtract(&allocated);
+
+        let mut stats = DiskStats::default();
+        if let Some(p) = &d.prev {
+            // Holes where the previous version had data become zero.
+            for r in holes.runs() {
+                self.zero_nonzero(lineage, p.seq, seq, r.start, r.end)?;
+            }
+            // Blocks cut off by a shrink become zero, so a later grow
+            // reads zeros there, not data from before the shrink.
+            let prev_blocks = block_count(p.size, self.block_size);
+            if nblocks < prev_blocks {
+                self.zero_nonzero(lineage, p.seq, seq, nblocks, i64::MAX as u64)?;
+            }
+        }
+
+        let rx = spawn_reader(d.source.try_clone()?, size, self.block_size, to_read);
+        for batch in rx {
+            let batch = batch.map_err(|e| Error::io(format!("disk {}: cannot read source {}", d.name, d.source.path.display()), e))?;
+            self.store_batch(&batch, lineage, d.prev.as_ref().map(|p| p.seq), seq, &mut stats)?;
+        }
+        Ok(stats)
+    }
+
+    /// Writes zero versions for blocks in `lo..hi` whose version at
+    /// `prev_seq` holds data.
+    fn zero_nonzero(&self, lineage: LineageId, prev_seq: i64, seq: i64, lo: u64, hi: u64) -> Result<()> {
+        for (b, digest) in self.idx.versions_in_range(lineage, prev_seq, BlockNo(lo), BlockNo(hi))? {
+            if digest.is_some() {
+                self.idx.insert_version(lineage, b, seq, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn store_batch(
+        &mut self,
+        batch: &Batch,
+        lineage: LineageId,
+        prev_seq: Option<i64>,
+        seq: i64,
+        stats: &mut DiskStats,
+    ) -> Result<()> {
+        let bs = self.bs() as usize;
+        let blocks: Vec<&[u8]> = batch.data.chunks(bs).take(batch.count).collect();
+        stats.blocks_read += blocks.len() as u64;
+        let digests: Vec<Option<Digest>> =
+            blocks.par_iter().map(|b| if is_zero(b) { None } else { Some(Digest::of(b)) }).collect();
+        let prev: HashMap<u64, Option<Digest>> = match prev_seq {
+            Some(ps) => self
+                .idx
+                .versions_in_range(lineage, ps, BlockNo(batch.first), BlockNo(batch.first + batch.count as u64))?
+                .into_iter()
+                .map(|(b, d)| (b.0, d))
+                .collect(),
+            None => HashMap::new(),
+        };
+        // Decide per block: nothing, zero version, reuse, or store new.
+        enum Act {
+            Reuse(BlockId),
+            New(usize),
+            Zero,
+        }
+        let mut acts: Vec<(u64, Act)> = Vec::new();
+        let mut new_in_batch: HashMap<Digest, usize> = HashMap::new();
+        let mut to_compress: Vec<usize> = Vec::new();
+        for (i, digest) in digests.iter().enumerate() {
+            let b = batch.first + i as u64;
+            let before = prev.get(&b).copied().flatten();
+            match digest {
+                None => {
+                    if before.is_some() {
+                        acts.push((b, Act::Zero));
+                    }
+                }
+                Some(d) => {
+                    if before.as_ref() == Some(d) {
+                        continue;
+                    }
+                    if let Some(&j) = new_in_batch.get(d) {
+                        acts.push((b, Act::New(j)));
+                        stats.blocks_deduplicated += 1;
+                    } else if let Some(id) = self.idx.find_block(d)? {
+                        acts.push((b, Act::Reuse(id)));
+                        stats.blocks_deduplicated += 1;
+                    } else {
+                        new_in_batch.insert(*d, i);
+                        to_compress.push(i);
+                        acts.push((b, Act::New(i)));
+                    }
+                }
+            }
+        }
+        let frames: Vec<frame::EncodedFrame> =
+            to_compress.par_iter().map(|&i| frame::encode(blocks[i], digests[i].as_ref().unwrap())).collect();
+        let mut new_ids: HashMap<usize, BlockId> = HashMap::new();
+        for (&i, f) in to_compress.iter().zip(frames.iter()) {
+            let (pack, offset) = self.append(&f.bytes)?;
+            let loc = FrameLoc { pack, offset, stored_len: f.stored_len, raw_len: f.raw_len };
+            let id = self.idx.insert_block(digests[i].as_ref().unwrap(), &loc)?;
+            new_ids.insert(i, id);
+            stats.blocks_stored += 1;
+            stats.bytes_stored += f.bytes.len() as u64;
+        }
+        for (b, act) in acts {
+            let id = match act {
+                Act::Zero => None,
+                Act::Reuse(id) => Some(id),
+                Act::New(i) => Some(new_ids[&i]),
+            };
+            self.idx.insert_version(lineage, BlockNo(b), seq, id)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the blocks of `runs` in batches on a thread of its own, so that
+/// reading overlaps hashing and compression.
+fn spawn_reader(file: File, size: u64, block_size: u32, runs: RangeSet) -> Receiver<std::io::Result<Batch>> {
+    let (tx, rx) = sync_channel(BATCHES_IN_FLIGHT);
+    let bs = block_size as u64;
+    let per_batch = (BATCH_BYTES / bs).max(1);
+    std::thread::spawn(move || {
+        for r in runs.runs() {
+            let mut b = r.start;
+            while b < r.end {
+                let count = per_batch.min(r.end - b);
+                let mut data = vec![0u8; (count * bs) as usize];
+                let res = read_padded(&file, b * bs, size, &mut data)
+                    .map(|()| Batch { first: b, count: count as usize, data });
+                let failed = res.is_err();
+                if tx.send(res).is_err() || failed {
+                    return;
+                }
+                b += count;
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0u8; 65536]));
+        for at in [0usize, 1, 15, 16, 4095, 65535] {
+            let mut b = vec![0u8; 65536];
+            b[at] = 1;
+            assert!(!is_zero(&b), "byte {at}");
+        }
+        let mut odd = vec![0u8; 21];
+        assert!(is_zero(&odd));
+        odd[20] = 3;
+        assert!(!is_zero(&odd));
+    }
+}

@@ -1,0 +1,57 @@
+//! cbtfs binary: parse, set up logging, dispatch, map errors to exit codes.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, exit};
+
+fn exit_code_for(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<cbtfs::Error>() {
+        Some(cbtfs::Error::Busy(_)) => exit::BUSY,
+        _ => exit::ERROR,
+    }
+}
+
+/// One line: the error and its causes, joined.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for (i, c) in e.chain().enumerate() {
+        let msg = c.to_string();
+        if i > 0 {
+            if s.contains(&msg) {
+                continue;
+            }
+            s.push_str(": ");
+        }
+        s.push_str(&msg);
+    }
+    s.replace('\n', " ")
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    let res = match cli.command {
+        Command::Init(a) => cli::init::run(a),
+        Command::Ingest(a) => cli::ingest::run(a),
+        Command::List(a) => cli::list::run(a),
+        Command::Mount(a) => cli::mount::run(a),
+        Command::Verify(a) => cli::verify::run(a),
+    };
+    match res {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("cbtfs: error: {}", one_line(&e));
+            ExitCode::from(exit_code_for(&e))
+        }
+    }
+}

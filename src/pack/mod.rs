@@ -1,0 +1,67 @@
+//! Pack files: append-only files of compressed, checksummed block frames.
+//!
+//! Invariants:
+//! - A pack is written by exactly one ingest, which holds the repository
+//!   lock; it is fsynced (file and directory) before the SQLite commit that
+//!   first references it, so a committed block always has its bytes on disk.
+//! - A pack file with no row in `packs` is the leftover of an interrupted
+//!   ingest and is deleted by the next writer.
+//! - Readers never trust a frame: the header must match what the index says,
+//!   and the xxh3 checksum must match, or the read fails. Damage is an error,
+//!   never wrong bytes.
+
+pub mod frame;
+pub mod reader;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+use crate::format::{PACK_DIR, PACK_EXT};
+use crate::ids::PackId;
+
+pub use frame::FrameError;
+pub use reader::PackReader;
+pub use writer::PackWriter;
+
+/// Path of pack `id` inside repository `repo`.
+pub fn pack_path(repo: &Path, id: PackId) -> PathBuf {
+    repo.join(PACK_DIR).join(pack_file_name(id))
+}
+
+/// File name of pack `id`: 16 hex digits, so names sort by id.
+pub fn pack_file_name(id: PackId) -> String {
+    format!("{:016x}.{PACK_EXT}", id.0)
+}
+
+/// Inverse of [`pack_file_name`]; `None` for anything else.
+pub fn parse_pack_file_name(name: &str) -> Option<PackId> {
+    let stem = name.strip_suffix(&format!(".{PACK_EXT}"))?;
+    if stem.len() != 16 {
+        return None;
+    }
+    i64::from_str_radix(stem, 16).ok().map(PackId)
+}
+
+/// Where a stored block's frame lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLoc {
+    pub pack: PackId,
+    pub offset: u64,
+    /// Payload length (the frame is header + payload).
+    pub stored_len: u32,
+    pub raw_len: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_names_round_trip() {
+        let id = PackId(0x1234);
+        assert_eq!(pack_file_name(id), "0000000000001234.pack");
+        assert_eq!(parse_pack_file_name(&pack_file_name(id)), Some(id));
+        assert_eq!(parse_pack_file_name("1234.pack"), None);
+        assert_eq!(parse_pack_file_name("0000000000001234.tmp"), None);
+    }
+}

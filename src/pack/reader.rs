@@ -1,0 +1,79 @@
+//! Reads and checks frames. Thread-safe: FUSE worker threads share one
+//! reader; files are opened once and read with positional reads.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::format::FRAME_HEADER_LEN;
+use crate::ids::{Digest, PackId};
+
+use super::frame::{self, FrameError};
+use super::{FrameLoc, pack_path};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read pack {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("damaged block in pack {path} at offset {offset}: {source}")]
+    Damaged { path: PathBuf, offset: u64, source: FrameError },
+}
+
+pub struct PackReader {
+    repo: PathBuf,
+    files: RwLock<HashMap<PackId, Arc<File>>>,
+}
+
+impl PackReader {
+    pub fn new(repo: &Path) -> PackReader {
+        PackReader { repo: repo.to_path_buf(), files: RwLock::new(HashMap::new()) }
+    }
+
+    fn file(&self, id: PackId) -> Result<Arc<File>, ReadError> {
+        if let Some(f) = self.files.read().unwrap().get(&id) {
+            return Ok(f.clone());
+        }
+        let path = pack_path(&self.repo, id);
+        let f = Arc::new(File::open(&path).map_err(|source| ReadError::Io { path, source })?);
+        self.files.write().unwrap().insert(id, f.clone());
+        Ok(f)
+    }
+
+    fn read_frame(&self, loc: &FrameLoc) -> Result<Vec<u8>, ReadError> {
+        let f = self.file(loc.pack)?;
+        let mut buf = vec![0u8; FRAME_HEADER_LEN + loc.stored_len as usize];
+        f.read_exact_at(&mut buf, loc.offset).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::UnexpectedEof {
+                // A truncated pack is damage, not a transient I/O problem.
+                self.damaged(loc, FrameError::LengthMismatch {
+                    found_raw: 0,
+                    found_stored: 0,
+                    want_raw: loc.raw_len,
+                    want_stored: loc.stored_len,
+                })
+            } else {
+                ReadError::Io { path: pack_path(&self.repo, loc.pack), source }
+            }
+        })?;
+        Ok(buf)
+    }
+
+    fn damaged(&self, loc: &FrameLoc, source: FrameError) -> ReadError {
+        ReadError::Damaged { path: pack_path(&self.repo, loc.pack), offset: loc.offset, source }
+    }
+
+    /// Reads a block, checking frame header and checksum.
+    pub fn read_block(&self, loc: &FrameLoc) -> Result<Vec<u8>, ReadError> {
+        let buf = self.read_frame(loc)?;
+        frame::decode(&buf, loc.raw_len, loc.stored_len).map_err(|e| self.damaged(loc, e))
+    }
+
+    /// Reads a block and also checks its content against its digest.
+    pub fn read_block_verified(&self, loc: &FrameLoc, digest: &Digest) -> Result<Vec<u8>, ReadError> {
+        let buf = self.read_frame(loc)?;
+        frame::decode_and_verify(&buf, loc.raw_len, loc.stored_len, digest)
+            .map_err(|e| self.damaged(loc, e))
+    }
+}

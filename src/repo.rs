@@ -1,0 +1,123 @@
+//! A repository directory: `index.sqlite`, `packs/`, `lock`.
+//!
+//! Locking: writers (ingest, and later retention) take an exclusive
+//! `flock` on `lock` for their whole run; a second writer fails at once
+//! with [`Error::Busy`]. Readers take no lock: they only read committed
+//! index state and the packs it references, which are never modified.
+//!
+//! Crash safety: packs are fsynced before the index commit that references
+//! them; leftovers of an interrupted writer (pack files with no index row)
+//! are removed by the next writer under the lock.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::{INDEX_FILE, LOCK_FILE, PACK_DIR};
+use crate::index::Index;
+use crate::pack::parse_pack_file_name;
+
+pub struct Repo {
+    pub path: PathBuf,
+    pub index: Index,
+    pub block_size: u32,
+}
+
+/// Held while writing; released on drop (or when the process dies).
+pub struct WriterLock {
+    _file: File,
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Repo {
+    /// Creates a repository at `path` (a new or empty directory).
+    pub fn init(path: &Path, block_size: u32) -> Result<Repo> {
+        if path.join(INDEX_FILE).exists() {
+            return Err(Error::Input(format!(
+                "{} is already a cbtfs repository; choose another directory",
+                path.display()
+            )));
+        }
+        if path.exists() {
+            let mut entries =
+                std::fs::read_dir(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+            if entries.next().is_some() {
+                return Err(Error::Input(format!(
+                    "{} exists and is not empty; give a new or empty directory",
+                    path.display()
+                )));
+            }
+        } else {
+            std::fs::create_dir(path)
+                .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+        }
+        let mkerr = |e| Error::io(format!("cannot initialise {}", path.display()), e);
+        std::fs::create_dir(path.join(PACK_DIR)).map_err(mkerr)?;
+        File::create(path.join(LOCK_FILE)).map_err(mkerr)?;
+        // The index is created last: its presence is what makes the
+        // directory a repository.
+        let index = Index::create(path, block_size, now_unix())?;
+        Ok(Repo { path: path.to_path_buf(), index, block_size })
+    }
+
+    pub fn open(path: &Path) -> Result<Repo> {
+        if !path.is_dir() {
+            return Err(Error::Input(format!(
+                "repository {} does not exist; create it with `cbtfs init {}`",
+                path.display(),
+                path.display()
+            )));
+        }
+        let index = Index::open(path)?;
+        let block_size = index.block_size()?;
+        Ok(Repo { path: path.to_path_buf(), index, block_size })
+    }
+
+    /// Takes the writer lock without waiting.
+    pub fn lock_writer(&self) -> Result<WriterLock> {
+        let p = self.path.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(|e| Error::io(format!("cannot open lock file {}", p.display()), e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(WriterLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy(self.path.clone())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::io(format!("cannot lock {}", p.display()), e))
+            }
+        }
+    }
+
+    /// Deletes pack files the index does not know: leftovers of an ingest
+    /// killed before its commit. Call only under the writer lock.
+    pub fn remove_orphan_packs(&self, _lock: &WriterLock) -> Result<u64> {
+        let known: std::collections::HashSet<_> = self.index.pack_ids()?.into_iter().collect();
+        let dir = self.path.join(PACK_DIR);
+        let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
+        let mut removed = 0;
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = parse_pack_file_name(name) {
+                if !known.contains(&id) {
+                    log::info!("removing leftover pack {name} of an interrupted ingest");
+                    std::fs::remove_file(entry.path())
+                        .map_err(|e| Error::io(format!("cannot remove {}", entry.path().display()), e))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}

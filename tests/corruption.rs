@@ -1,0 +1,209 @@
+//! Damage in a pack file: `verify` exits 3 naming the pack and the users
+//! of the damaged block; reading that block through the mount fails with
+//! EIO and never returns wrong bytes; the rest still reads right.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const BS: u64 = 64 * KIB;
+
+fn flip_byte(path: &Path, offset: u64) {
+    let b = read_at(path, offset, 1).unwrap();
+    assert_eq!(b.len(), 1, "offset {offset} is past the end of {}", path.display());
+    write_at(path, offset, &[b[0] ^ 0xFF]);
+}
+
+#[track_caller]
+fn assert_eio<T: std::fmt::Debug>(r: std::io::Result<T>, what: &str) {
+    match r {
+        Err(e) => assert_eq!(
+            e.raw_os_error(),
+            Some(EIO),
+            "{what}: expected EIO, got {e} ({:?})",
+            e.kind()
+        ),
+        Ok(v) => panic!("{what}: expected EIO, read succeeded ({} )", short_debug(&v)),
+    }
+}
+
+fn short_debug<T: std::fmt::Debug>(v: &T) -> String {
+    let s = format!("{v:?}");
+    s.chars().take(80).collect()
+}
+
+fn read_whole(path: &Path) -> std::io::Result<Vec<u8>> {
+    fs::read(path)
+}
+
+#[test]
+fn damaged_block_is_reported_and_unreadable() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let mut rng = Rng::new(0xbad);
+    // Two random blocks at 0 and 64 KiB, zeros after.
+    let src = s.path("sda.raw");
+    set_size(&src, MIB);
+    let blk0 = rng.bytes(BS as usize);
+    let blk1 = rng.bytes(BS as usize);
+    write_at(&src, 0, &blk0);
+    write_at(&src, BS, &blk1);
+    Ingest::new(&repo, "vm1").disk("sda", &src).run().ok();
+    let point = latest_point(&repo, "vm1");
+    let v = verify_ok(&repo);
+    assert!(v["blocks_checked"].as_u64().unwrap() >= 2, "{v}");
+    assert_eq!(v["damaged"], Value::Array(vec![]), "{v}");
+
+    let packs = pack_paths(&repo);
+    assert_eq!(packs.len(), 1, "expected a single pack: {packs:?}");
+    let pack = &packs[0];
+    let pack_name = pack.file_name().unwrap().to_string_lossy().into_owned();
+    // Inside the payload of the first frame.
+    flip_byte(pack, 32 + 32 + 100);
+
+    // verify --json
+    let out = cbtfs(&["verify", &p(&repo), "--json"]);
+    assert_eq!(out.code, Some(3), "verify must exit 3 on damage:\n{}", out.describe());
+    let v = out.stdout_json();
+    assert_eq!(v["ok"], Value::Bool(false), "{v}");
+    let damaged = v["damaged"].as_array().expect("damaged array");
+    assert_eq!(damaged.len(), 1, "exactly one block is damaged: {v}");
+    let d = &damaged[0];
+    assert_eq!(d["pack"], pack_name.as_str(), "{d}");
+    assert!(d["offset"].is_u64(), "offset must be a number: {d}");
+    assert!(d["error"].as_str().is_some_and(|e| !e.is_empty()), "{d}");
+    let users = d["used_by"].as_array().expect("used_by");
+    assert!(
+        users
+            .iter()
+            .any(|u| u["machine"] == "vm1" && u["point"] == point.as_str() && u["disk"] == "sda"),
+        "used_by must name vm1/{point}/sda: {d}"
+    );
+
+    // verify, text mode.
+    let out = cbtfs(&["verify", &p(&repo)]);
+    assert_eq!(out.code, Some(3), "{}", out.describe());
+    for needle in [pack_name.as_str(), "vm1", point.as_str(), "sda"] {
+        assert!(
+            out.stderr.contains(needle),
+            "verify's report must name {needle:?}:\n{}",
+            out.describe()
+        );
+    }
+
+    // Reading through the mount.
+    let fuse = FuseMount::start(&repo, &s.mnt("fuse"));
+    let img = fuse.image("vm1", &point, "sda");
+    assert_eq!(fs::metadata(&img).unwrap().len(), MIB);
+    // Zero regions still read.
+    assert_zero_at(&img, 512 * KIB, 256 * KIB);
+    assert_zero_at(&img, MIB - 4096, 4096);
+    // Exactly one of the two data blocks is damaged; the other reads right.
+    let r0 = read_at(&img, 0, BS as usize);
+    let r1 = read_at(&img, BS, BS as usize);
+    let (bad, good, good_data, good_off) = match (&r0, &r1) {
+        (Err(_), Ok(_)) => (r0, r1, &blk1, BS),
+        (Ok(_), Err(_)) => (r1, r0, &blk0, 0),
+        (Err(_), Err(_)) => panic!("both blocks fail to read, only one is damaged: {r0:?} / {r1:?}"),
+        (Ok(a), Ok(b)) => panic!(
+            "the damaged block read without error (block 0 right: {}, block 1 right: {})",
+            a == &blk0,
+            b == &blk1
+        ),
+    };
+    assert_eio(bad, "read of the damaged block");
+    assert_eq!(good.unwrap(), *good_data, "undamaged block at {good_off} reads wrong");
+    // A whole-image read (like cmp) fails with EIO too.
+    assert_eio(read_whole(&img), "read of the whole image");
+    // Repeated reads keep failing (no cached wrong data).
+    assert_eio(read_whole(&img), "second read of the whole image");
+}
+
+/// A fresh repository with one point of 8 distinct random blocks.
+fn eight_block_repo(dir: PathBuf, src: &Path) -> PathBuf {
+    init_repo(&dir, None);
+    Ingest::new(&dir, "vm1").disk("sda", src).run().ok();
+    dir
+}
+
+/// Frame boundaries of a pack: (offset, stored payload length).
+fn frames(pack: &Path) -> Vec<(u64, u64)> {
+    let data = fs::read(pack).unwrap();
+    assert_eq!(&data[..8], b"CBTFSPK\x01", "pack magic");
+    let mut v = Vec::new();
+    let mut off = 32usize;
+    while off + 32 <= data.len() {
+        assert_eq!(&data[off..off + 4], b"CBFR", "frame magic at {off}");
+        let stored = u32::from_le_bytes(data[off + 12..off + 16].try_into().unwrap()) as usize;
+        v.push((off as u64, stored as u64));
+        off += 32 + stored;
+    }
+    assert_eq!(off, data.len(), "frames do not tile the pack");
+    v
+}
+
+/// Any byte flipped after offset 64 is caught by verify and makes the
+/// image unreadable (EIO), never wrong.
+#[test]
+fn any_flipped_byte_is_detected() {
+    let s = Scratch::new();
+    let src = s.path("sda.raw");
+    write_at(&src, 0, &Rng::new(8).bytes(8 * BS as usize));
+
+    let pristine = eight_block_repo(s.path("pristine"), &src);
+    let pack0 = pack_paths(&pristine).remove(0);
+    let fr = frames(&pack0);
+    assert_eq!(fr.len(), 8, "8 distinct blocks make 8 frames: {fr:?}");
+    let len = fs::metadata(&pack0).unwrap().len();
+    let (second, second_len) = fr[1];
+    let positions = [
+        ("first payload byte", 64),
+        ("second frame magic", second),
+        ("second frame codec", second + 4),
+        ("second frame raw length", second + 9),
+        ("second frame stored length", second + 13),
+        ("second frame checksum", second + 20),
+        ("second frame digest", second + 30),
+        ("second frame payload middle", second + 32 + second_len / 2),
+        ("last byte", len - 1),
+    ];
+    for (i, (what, pos)) in positions.iter().enumerate() {
+        let repo = eight_block_repo(s.path(&format!("r{i}")), &src);
+        let packs = pack_paths(&repo);
+        assert_eq!(packs.len(), 1);
+        flip_byte(&packs[0], *pos);
+        let out = cbtfs(&["verify", &p(&repo), "--json"]);
+        assert_eq!(
+            out.code,
+            Some(3),
+            "verify must detect a flipped byte at {pos} ({what}):\n{}",
+            out.describe()
+        );
+        let v = out.stdout_json();
+        assert_eq!(v["ok"], Value::Bool(false), "{v}");
+        assert!(!v["damaged"].as_array().unwrap().is_empty(), "{v}");
+
+        let fuse = FuseMount::start(&repo, &s.mnt(&format!("f{i}")));
+        let img = fuse.image("vm1", &latest_point(&repo, "vm1"), "sda");
+        match read_whole(&img) {
+            Err(e) => assert_eq!(
+                e.raw_os_error(),
+                Some(EIO),
+                "flipped byte at {pos} ({what}): expected EIO, got {e}"
+            ),
+            Ok(data) => {
+                let right = data == fs::read(&src).unwrap();
+                panic!(
+                    "flipped byte at {pos} ({what}): the image read without error \
+                     (bytes {}), expected EIO",
+                    if right { "right" } else { "WRONG" }
+                );
+            }
+        }
+        drop(fuse);
+    }
+}

@@ -1,0 +1,181 @@
+//! Ingest is atomic under SIGKILL, and two ingests never interleave.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::thread::sleep;
+use std::time::Duration;
+
+/// Writes `size` bytes of incompressible data to `path`.
+fn random_file(path: &Path, size: u64, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut buf = vec![0u8; 4 * MIB as usize];
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(buf.len() as u64) as usize;
+        rng.fill(&mut buf[..n]);
+        write_at(path, off, &buf[..n]);
+        off += n as u64;
+    }
+}
+
+/// What the mount shows for a machine: sorted folder entries.
+fn mounted_entries(repo: &Path, s: &Scratch, tag: &str, machine: &str) -> Vec<String> {
+    let fuse = FuseMount::start(repo, &s.mnt(tag));
+    let dir = fuse.machine_dir(machine);
+    if dir.exists() {
+        dir_names(&dir)
+    } else {
+        Vec::new()
+    }
+}
+
+fn expected_entries(repo: &Path, machine: &str) -> Vec<String> {
+    let mut v = point_names(repo, machine);
+    if !v.is_empty() {
+        v.push("latest".into());
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn sigkill_during_ingest_leaves_repository_as_before() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+
+    // A first, small point the kills must not disturb.
+    let small = s.path("small.raw");
+    write_at(&small, 0, &Rng::new(9).bytes(3 * MIB as usize + 5));
+    Ingest::new(&repo, "vm1").disk("sda", &small).checkpoint("k0").run().ok();
+
+    let big = s.path("big.raw");
+    random_file(&big, 256 * MIB, 0xb16);
+    let big_copy = s.path("big.copy");
+    save_copy(&big, &big_copy);
+
+    let mut completed_early = 0;
+    for (i, delay_ms) in [50u64, 150, 300, 500, 800].into_iter().enumerate() {
+        let before = list_json(&repo);
+        let ing = Ingest::new(&repo, "vm1")
+            .disk("sda", &small)
+            .disk("sdb", &big)
+            .checkpoint(&format!("k{}", i + 1));
+        let mut child = ing.spawn(s.dir.path(), &format!("kill{i}"));
+        sleep(Duration::from_millis(delay_ms));
+        if let Some(st) = child.try_wait() {
+            // Finished before it could be killed: it must have succeeded.
+            assert!(st.success(), "ingest failed on its own: {st}");
+            completed_early += 1;
+            continue;
+        }
+        child.kill();
+        drop(child);
+
+        let after = list_json(&repo);
+        assert_eq!(before, after, "listing changed after SIGKILL at {delay_ms} ms");
+        verify_ok(&repo);
+        assert_eq!(
+            mounted_entries(&repo, &s, &format!("k{i}"), "vm1"),
+            expected_entries(&repo, "vm1"),
+            "mount shows a partial point after SIGKILL at {delay_ms} ms"
+        );
+    }
+    assert!(completed_early < 5, "no ingest was ever interrupted");
+
+    // The next ingest works, and reads back exactly.
+    let out = Ingest::new(&repo, "vm1")
+        .disk("sda", &small)
+        .disk("sdb", &big)
+        .checkpoint("final")
+        .run();
+    assert_eq!(out.code, Some(0), "ingest after kills failed:\n{}", out.describe());
+    verify_ok(&repo);
+    let names = point_names(&repo, "vm1");
+    for (i, n) in names.iter().enumerate() {
+        assert_point_name(n, i as u64 + 1);
+    }
+    let fuse = FuseMount::start(&repo, &s.mnt("final"));
+    let last = names.last().unwrap();
+    assert_same_file(&fuse.image("vm1", last, "sdb"), &big_copy);
+    assert_same_file(&fuse.image("vm1", last, "sda"), &small);
+    assert_same_file(&fuse.image("vm1", &names[0], "sda"), &small);
+    assert_latest(&fuse.machine_dir("vm1"), last);
+}
+
+/// Two ingests at once: the second either reports the repository busy
+/// (exit 4) or waits; both never interleave, and what succeeded reads back.
+#[test]
+fn concurrent_ingests_do_not_interleave() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let big = s.path("big.raw");
+    random_file(&big, 192 * MIB, 0xc0c0);
+    let small = s.path("small.raw");
+    write_at(&small, 0, &Rng::new(77).bytes(2 * MIB as usize + 3));
+
+    let packs_before: u64 = pack_files(&repo).iter().map(|(_, n)| n).sum();
+    let mut a = Ingest::new(&repo, "vm1")
+        .disk("big", &big)
+        .checkpoint("a")
+        .spawn(s.dir.path(), "a");
+    // Wait until A is writing data (so it holds the lock), or has ended.
+    wait_until(Duration::from_secs(30), || {
+        let now: u64 = pack_files(&repo).iter().map(|(_, n)| n).sum();
+        now > packs_before + MIB || a.try_wait().is_some()
+    });
+    let b = Ingest::new(&repo, "vm1")
+        .disk("small", &small)
+        .checkpoint("b")
+        .spawn(s.dir.path(), "b");
+    let out_b = b.wait_timeout(Duration::from_secs(240));
+    let out_a = a_wait(a);
+
+    for out in [&out_a, &out_b] {
+        match out.code {
+            Some(0) => {}
+            Some(4) => assert!(
+                out.stderr.to_lowercase().contains("busy"),
+                "exit 4 must say the repository is busy:\n{}",
+                out.describe()
+            ),
+            _ => panic!("ingest must succeed or exit 4:\n{}", out.describe()),
+        }
+    }
+    assert!(
+        out_a.code == Some(0) || out_b.code == Some(0),
+        "one of the two ingests must succeed"
+    );
+    verify_ok(&repo);
+
+    let pts = points(&repo, "vm1");
+    let ok_count = [&out_a, &out_b].iter().filter(|o| o.code == Some(0)).count();
+    assert_eq!(pts.len(), ok_count, "one point per successful ingest: {pts:?}");
+    let fuse = FuseMount::start(&repo, &s.mnt("fuse"));
+    for (i, pt) in pts.iter().enumerate() {
+        let name = pt["name"].as_str().unwrap();
+        assert_point_name(name, i as u64 + 1);
+        let disks = pt["disks"].as_array().unwrap();
+        assert_eq!(disks.len(), 1, "each point holds exactly its own disk: {pt}");
+        let disk = disks[0]["name"].as_str().unwrap();
+        let (src, cp) = match disk {
+            "big" => (&big, "a"),
+            "small" => (&small, "b"),
+            other => panic!("unexpected disk {other}"),
+        };
+        assert_eq!(pt["checkpoint"], cp, "{pt}");
+        assert_eq!(
+            dir_names(&fuse.point_dir("vm1", name)),
+            [format!("{disk}.img")],
+            "point folder {name}"
+        );
+        assert_same_file(&fuse.image("vm1", name, disk), src);
+    }
+}
+
+fn a_wait(a: Spawned) -> Out {
+    a.wait_timeout(Duration::from_secs(240))
+}
