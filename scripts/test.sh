@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the whole cbtfs test suite on a fresh machine: installs the system
+# tools the tests use (FUSE, ext4 and loop tools), builds, runs unit tests
+# and the integration tests, which mount real FUSE filesystems and real
+# loop devices and therefore need root.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "scripts/test.sh: the integration tests mount FUSE and loop devices; run as root" >&2
+    exit 1
+fi
+
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v losetup >/dev/null || need+=(mount)
+command -v mountpoint >/dev/null || need+=(util-linux)
+command -v python3 >/dev/null || need+=(python3)
+if ((${#need[@]})); then
+    echo "installing: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[[ -e /dev/fuse ]] || modprobe fuse 2>/dev/null || true
+[[ -e /dev/loop-control ]] || modprobe loop 2>/dev/null || true
+
+# Release mode: the tests push hundreds of MiB through hashing and
+# compression, which debug builds make needlessly slow.
+cargo build --release --all-targets
+cargo test --release -- --test-threads="${CBTFS_TEST_THREADS:-4}"
