@@ -98,6 +98,7 @@ impl RangeSet {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // expected run lists read best as literals
 mod tests {
     use super::*;
 

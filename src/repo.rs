@@ -109,14 +109,13 @@ impl Repo {
             let entry = entry.map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if let Some(id) = parse_pack_file_name(name) {
-                if !known.contains(&id) {
+            if let Some(id) = parse_pack_file_name(name)
+                && !known.contains(&id) {
                     log::info!("removing leftover pack {name} of an interrupted ingest");
                     std::fs::remove_file(entry.path())
                         .map_err(|e| Error::io(format!("cannot remove {}", entry.path().display()), e))?;
                     removed += 1;
                 }
-            }
         }
         Ok(removed)
     }

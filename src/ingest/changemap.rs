@@ -55,7 +55,7 @@ mod tests {
     fn parses_and_merges() {
         let r = parse(r#"[{"offset":4096,"length":4096},{"offset":0,"length":4096},{"offset":100000,"length":0}]"#, 1 << 20)
             .unwrap();
-        assert_eq!(r.runs(), &[0..8192]);
+        assert_eq!(r.runs(), std::slice::from_ref(&(0..8192)));
         assert!(parse("[]", 0).unwrap().is_empty());
         // Extra fields are ignored (tools add their own).
         assert!(parse(r#"[{"offset":0,"length":1,"depth":0}]"#, 1).is_ok());
@@ -64,7 +64,8 @@ mod tests {
     #[test]
     fn refuses_bad_maps() {
         let size = 1 << 20;
-        let cases: &[(&str, fn(&MapError) -> bool)] = &[
+        type Check = fn(&MapError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, MapError::Json(_))),
             ("{", |e| matches!(e, MapError::Json(_))),
             (r#"{"offset":0}"#, |e| *e == MapError::NotArray),

@@ -14,6 +14,7 @@
 //! - *scan*: no trustworthy map; every allocated block is read and stored
 //!   only if it differs from the previous point; holes become zero where
 //!   the previous point had data.
+//!
 //! In map and scan modes a block whose content equals the previous
 //! version writes nothing, and a disk that shrank gets zero versions for
 //! the cut-off blocks, so that growing it later cannot expose old data.
@@ -156,14 +157,13 @@ pub fn plan(repo: &Repo, req: &Request) -> Result<Plan> {
         Some(m) => repo.index.latest_point(m)?,
         None => None,
     };
-    if let (Some(m), Some(c)) = (machine, &req.checkpoint) {
-        if repo.index.checkpoint_used(m, c)? {
+    if let (Some(m), Some(c)) = (machine, &req.checkpoint)
+        && repo.index.checkpoint_used(m, c)? {
             return Err(Error::Input(format!(
                 "checkpoint {c} is already recorded for machine {}; checkpoint ids must be unique per machine",
                 req.machine
             )));
         }
-    }
     let prev_disks = match &latest {
         Some(p) => repo.index.point_disks(p.id)?,
         None => Vec::new(),

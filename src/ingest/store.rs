@@ -113,12 +113,11 @@ impl<'a> BlockStore<'a> {
             Kind::Full | Kind::Scan => all.clone(),
             Kind::Map => {
                 let mut c = d.changed.as_ref().expect("map plan has a map").to_blocks(bs);
-                if let Some(p) = &d.prev {
-                    if size > p.size {
+                if let Some(p) = &d.prev
+                    && size > p.size {
                         // Grown region, from the old last (maybe partial) block.
                         c = c.union(&RangeSet::single(p.size / bs..nblocks));
                     }
-                }
                 c
             }
         };
