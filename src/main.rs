@@ -32,7 +32,9 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // fuser warns when the kernel side is already gone after `umount`,
+    // which is the normal way to stop a mount: keep only its errors.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error")).init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

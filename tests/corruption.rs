@@ -100,7 +100,7 @@ fn damaged_block_is_reported_and_unreadable() {
     let img = fuse.image("vm1", &point, "sda");
     assert_eq!(fs::metadata(&img).unwrap().len(), MIB);
     // Zero regions still read.
-    assert_zero_at(&img, 512 * KIB, 256 * KIB);
+    assert_zero_at(&img, 512 * KIB, 256 * KIB as usize);
     assert_zero_at(&img, MIB - 4096, 4096);
     // Exactly one of the two data blocks is damaged; the other reads right.
     let r0 = read_at(&img, 0, BS as usize);

@@ -887,12 +887,11 @@ pub fn diff_extents(old: &Path, new: &Path, gran: u64) -> Vec<(u64, u64)> {
     let mut fnw = File::open(new).unwrap();
     let mut ext: Vec<(u64, u64)> = Vec::new();
     let mut push = |off: u64, len: u64| {
-        if let Some(last) = ext.last_mut() {
-            if last.0 + last.1 == off {
+        if let Some(last) = ext.last_mut()
+            && last.0 + last.1 == off {
                 last.1 += len;
                 return;
             }
-        }
         ext.push((off, len));
     };
     const CH: usize = 4 << 20;
