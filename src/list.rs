@@ -1,7 +1,7 @@
 //! The data behind `cbtfs list`: machines, points, disks.
 
 use crate::error::{Error, Result};
-use crate::index::Index;
+use crate::index::{Index, PointDiskRow};
 use crate::names::rfc3339;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -13,6 +13,20 @@ pub struct DiskInfo {
     pub blocks_read: u64,
     pub blocks_stored: u64,
     pub bytes_stored: u64,
+}
+
+impl From<PointDiskRow> for DiskInfo {
+    fn from(d: PointDiskRow) -> DiskInfo {
+        DiskInfo {
+            name: d.name,
+            size: d.size,
+            kind: d.kind,
+            reason: d.reason,
+            blocks_read: d.blocks_read,
+            blocks_stored: d.blocks_stored,
+            bytes_stored: d.bytes_stored,
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -59,19 +73,7 @@ pub fn listing(idx: &Index, machine: Option<&str>) -> Result<Listing> {
     for (id, name) in machines {
         let mut points = Vec::new();
         for p in idx.points(id)? {
-            let disks: Vec<DiskInfo> = idx
-                .point_disks(p.id)?
-                .into_iter()
-                .map(|d| DiskInfo {
-                    name: d.name,
-                    size: d.size,
-                    kind: d.kind,
-                    reason: d.reason,
-                    blocks_read: d.blocks_read,
-                    blocks_stored: d.blocks_stored,
-                    bytes_stored: d.bytes_stored,
-                })
-                .collect();
+            let disks: Vec<DiskInfo> = idx.point_disks(p.id)?.into_iter().map(DiskInfo::from).collect();
             points.push(PointInfo {
                 name: p.name(),
                 seq: p.seq,

@@ -63,38 +63,34 @@ impl Source {
         let mut pos: i64 = 0;
         let size = self.size as i64;
         while pos < size {
-            let data = match lseek(&self.file, pos, Whence::SeekData) {
-                Ok(d) => d,
-                // No data after pos.
-                Err(Errno::ENXIO) => break,
-                // SEEK_DATA unsupported here: treat everything as data.
-                Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => return Ok(whole),
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("cannot map allocation of {}", self.path.display()),
-                        e.into(),
-                    ));
-                }
-            };
-            let hole = match lseek(&self.file, data, Whence::SeekHole) {
-                Ok(h) => h,
-                Err(Errno::ENXIO) => size,
-                Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => return Ok(whole),
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("cannot map allocation of {}", self.path.display()),
-                        e.into(),
-                    ));
-                }
-            };
+            // None: the kernel cannot tell data from holes here.
+            let Some(data) = self.seek(pos, Whence::SeekData)? else { return Ok(whole) };
+            if data >= size {
+                break;
+            }
+            let Some(hole) = self.seek(data, Whence::SeekHole)? else { return Ok(whole) };
+            let hole = hole.min(size);
             if hole <= data {
                 // A filesystem answering nonsense: be safe, read it all.
                 return Ok(whole);
             }
-            runs.push(data as u64..(hole.min(size)) as u64);
+            runs.push(data as u64..hole as u64);
             pos = hole;
         }
         Ok(RangeSet::from_ranges(runs))
+    }
+}
+
+impl Source {
+    /// One SEEK_DATA/SEEK_HOLE step. ENXIO (no more data after `pos`) maps
+    /// to the end of the file; `None` means the call is unsupported here.
+    fn seek(&self, pos: i64, whence: Whence) -> Result<Option<i64>> {
+        match lseek(&self.file, pos, whence) {
+            Ok(p) => Ok(Some(p)),
+            Err(Errno::ENXIO) => Ok(Some(self.size as i64)),
+            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => Ok(None),
+            Err(e) => Err(Error::io(format!("cannot map allocation of {}", self.path.display()), e.into())),
+        }
     }
 }
 
