@@ -255,6 +255,17 @@ fn raise_read_ahead(mountpoint: &Path) {
     }
 }
 
+/// Lazy unmount: umount2(MNT_DETACH) as root, `fusermount3 -u -z` otherwise.
+fn detach(mountpoint: &Path) {
+    if nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).is_ok() {
+        return;
+    }
+    match std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(mountpoint).status() {
+        Ok(st) if st.success() => {}
+        other => log::error!("lazy unmount of {} failed: {other:?}", mountpoint.display()),
+    }
+}
+
 /// O_ACCMODE bits: any write access is refused on this read-only tree.
 fn libc_accmode() -> i32 {
     (nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_RDWR).bits()
@@ -281,11 +292,23 @@ pub fn mount(fs: CbtFs, mountpoint: &Path) -> std::io::Result<()> {
     std::thread::spawn(move || raise_read_ahead(&mp));
     let mut unmounter = session.unmount_callable();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let mp = mountpoint.to_path_buf();
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            log::info!("signal received, unmounting");
-            if let Err(e) = unmounter.unmount() {
-                log::error!("unmount failed: {e}");
+        if signals.forever().next().is_none() {
+            return;
+        }
+        log::info!("signal received, unmounting");
+        match unmounter.unmount() {
+            // `run` returns once the kernel has let go.
+            Ok(()) => {}
+            Err(e) => {
+                // Busy: files are still open (a loop device, a shell). Do
+                // what libfuse does on a signal: detach lazily and end, so
+                // a stop request is never ignored; their readers get errors.
+                log::warn!("{} is busy ({e}); detaching it lazily", mp.display());
+                eprintln!("cbtfs: warning: files under {} were still open; they can no longer be read", mp.display());
+                detach(&mp);
+                std::process::exit(0);
             }
         }
     });
