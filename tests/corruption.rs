@@ -54,12 +54,21 @@ fn damaged_block_is_reported_and_unreadable() {
     write_at(&src, BS, &blk1);
     Ingest::new(&repo, "vm1").disk("sda", &src).run().ok();
     let point = latest_point(&repo, "vm1");
+    // A second machine with the same content shares the blocks.
+    let twin = s.path("twin.raw");
+    save_copy(&src, &twin);
+    Ingest::new(&repo, "vm2").disk("xvda", &twin).run().ok();
+    let point2 = latest_point(&repo, "vm2");
     let v = verify_ok(&repo);
     assert!(v["blocks_checked"].as_u64().unwrap() >= 2, "{v}");
     assert_eq!(v["damaged"], Value::Array(vec![]), "{v}");
+    cbtfs(&["verify", &p(&repo)]).ok();
 
-    let packs = pack_paths(&repo);
-    assert_eq!(packs.len(), 1, "expected a single pack: {packs:?}");
+    let packs: Vec<PathBuf> = pack_paths(&repo)
+        .into_iter()
+        .filter(|p| fs::metadata(p).unwrap().len() > 32)
+        .collect();
+    assert_eq!(packs.len(), 1, "expected a single pack holding data: {packs:?}");
     let pack = &packs[0];
     let pack_name = pack.file_name().unwrap().to_string_lossy().into_owned();
     // Inside the payload of the first frame.
@@ -83,11 +92,17 @@ fn damaged_block_is_reported_and_unreadable() {
             .any(|u| u["machine"] == "vm1" && u["point"] == point.as_str() && u["disk"] == "sda"),
         "used_by must name vm1/{point}/sda: {d}"
     );
+    assert!(
+        users
+            .iter()
+            .any(|u| u["machine"] == "vm2" && u["point"] == point2.as_str() && u["disk"] == "xvda"),
+        "used_by must name vm2/{point2}/xvda, which shares the block: {d}"
+    );
 
     // verify, text mode.
     let out = cbtfs(&["verify", &p(&repo)]);
     assert_eq!(out.code, Some(3), "{}", out.describe());
-    for needle in [pack_name.as_str(), "vm1", point.as_str(), "sda"] {
+    for needle in [pack_name.as_str(), "vm1", point.as_str(), "sda", "vm2", point2.as_str(), "xvda"] {
         assert!(
             out.stderr.contains(needle),
             "verify's report must name {needle:?}:\n{}",
@@ -117,6 +132,10 @@ fn damaged_block_is_reported_and_unreadable() {
     };
     assert_eio(bad, "read of the damaged block");
     assert_eq!(good.unwrap(), *good_data, "undamaged block at {good_off} reads wrong");
+    // The twin shares the damaged block.
+    let img2 = fuse.image("vm2", &point2, "xvda");
+    assert_eio(read_whole(&img2), "read of the twin image");
+    assert_zero_at(&img2, 512 * KIB, 4096);
     // A whole-image read (like cmp) fails with EIO too.
     assert_eio(read_whole(&img), "read of the whole image");
     // Repeated reads keep failing (no cached wrong data).
@@ -151,8 +170,11 @@ fn frames(pack: &Path) -> Vec<(u64, u64)> {
 #[test]
 fn any_flipped_byte_is_detected() {
     let s = Scratch::new();
+    // Four incompressible blocks, then four compressible (text) ones.
     let src = s.path("sda.raw");
-    write_at(&src, 0, &Rng::new(8).bytes(8 * BS as usize));
+    let mut rng = Rng::new(8);
+    write_at(&src, 0, &rng.bytes(4 * BS as usize));
+    write_at(&src, 4 * BS, &rng.text(4 * BS as usize));
 
     let pristine = eight_block_repo(s.path("pristine"), &src);
     let pack0 = pack_paths(&pristine).remove(0);
@@ -160,7 +182,7 @@ fn any_flipped_byte_is_detected() {
     assert_eq!(fr.len(), 8, "8 distinct blocks make 8 frames: {fr:?}");
     let len = fs::metadata(&pack0).unwrap().len();
     let (second, second_len) = fr[1];
-    let positions = [
+    let positions: [(&str, u64); 12] = [
         ("first payload byte", 64),
         ("second frame magic", second),
         ("second frame codec", second + 4),
@@ -169,6 +191,9 @@ fn any_flipped_byte_is_detected() {
         ("second frame checksum", second + 20),
         ("second frame digest", second + 30),
         ("second frame payload middle", second + 32 + second_len / 2),
+        ("sixth frame codec", fr[5].0 + 4),
+        ("sixth frame payload middle", fr[5].0 + 32 + fr[5].1 / 2),
+        ("sixth frame payload last byte", fr[5].0 + 32 + fr[5].1 - 1),
         ("last byte", len - 1),
     ];
     for (i, (what, pos)) in positions.iter().enumerate() {

@@ -72,6 +72,7 @@ fn sigkill_during_ingest_leaves_repository_as_before() {
             continue;
         }
         child.kill();
+        eprintln!("ingest killed after {delay_ms} ms: {}", child.stderr_so_far().trim());
         drop(child);
 
         let after = list_json(&repo);
@@ -133,6 +134,7 @@ fn concurrent_ingests_do_not_interleave() {
         .spawn(s.dir.path(), "b");
     let out_b = b.wait_timeout(Duration::from_secs(240));
     let out_a = a_wait(a);
+    eprintln!("first ingest: exit {:?}; second ingest: exit {:?} {}", out_a.code, out_b.code, out_b.stderr.trim());
 
     for out in [&out_a, &out_b] {
         match out.code {

@@ -219,3 +219,42 @@ fn unaligned_map_extents() {
     let fuse = FuseMount::start(&t.repo, &t.s.mnt("fuse"));
     assert_same_file(&image(&fuse, &t.repo, 1), &t.src);
 }
+
+/// Blocks whose data was deallocated (punched holes) read as zeros
+/// afterwards, whether found by a map or by a scan.
+#[test]
+fn punched_holes_read_as_zeros() {
+    let t = setup(8);
+    let punch = |off: u64, len: u64| {
+        sh(
+            "fallocate",
+            &["--punch-hole", "--offset", &off.to_string(), "--length", &len.to_string(), &p(&t.src)],
+        );
+    };
+    // By map: blocks 2..4 punched, the map names them.
+    punch(2 * BS, 2 * BS);
+    let m = map_file(&t.s, "m.json", &[(2 * BS, 2 * BS)]);
+    Ingest::new(&t.repo, "vm1")
+        .disk("sda", &t.src)
+        .changes("sda", &m)
+        .since("c1")
+        .checkpoint("c2")
+        .run()
+        .ok();
+    let v2 = t.s.path("v2.raw");
+    save_copy(&t.src, &v2);
+    // By scan: block 10 and the unaligned tail punched.
+    punch(10 * BS, BS);
+    punch(MIB - 5000, 5000);
+    Ingest::new(&t.repo, "vm1").disk("sda", &t.src).since("c2").run().ok();
+
+    let fuse = FuseMount::start(&t.repo, &t.s.mnt("fuse"));
+    let i2 = image(&fuse, &t.repo, 1);
+    let i3 = image(&fuse, &t.repo, 2);
+    assert_zero_at(&i2, 2 * BS, 2 * BS as usize);
+    assert_same_file(&i2, &v2);
+    assert_zero_at(&i3, 10 * BS, BS as usize);
+    assert_zero_at(&i3, MIB - 5000, 5000);
+    assert_same_file(&i3, &t.src);
+    assert_same_file(&image(&fuse, &t.repo, 0), &t.v1);
+}

@@ -1,10 +1,10 @@
-//! Shared helpers of the cbtfs integration tests.
+//! Shared utilities of the cbtfs integration tests.
 //!
 //! The tests run the real `cbtfs` binary, mount real FUSE filesystems and
 //! real loop devices, and therefore need root, `/dev/fuse`, `fusermount3`,
 //! `mkfs.ext4` and util-linux `mount`/`umount`.
 //!
-//! Every helper that mounts something returns a guard whose `Drop`
+//! Every function that mounts something returns a guard whose `Drop`
 //! unmounts it, so that a failing (panicking) test leaves nothing mounted.
 
 #![allow(dead_code)]
@@ -15,6 +15,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -533,6 +535,32 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub struct FuseMount {
     pub mp: PathBuf,
     proc_: Option<Spawned>,
+    /// Set once the test is done with the mount; stops the watchdog.
+    released: Arc<AtomicBool>,
+}
+
+/// A mount older than this is taken for hung: its process is killed so
+/// that reads blocked in the kernel fail (ENOTCONN) instead of hanging
+/// the test run forever.
+const MOUNT_WATCHDOG: Duration = Duration::from_secs(180);
+
+fn start_watchdog(pid: u32, mp: PathBuf, released: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        while !released.load(Ordering::SeqCst) {
+            if start.elapsed() > MOUNT_WATCHDOG {
+                eprintln!(
+                    "mount on {} still up after {MOUNT_WATCHDOG:?}: killing pid {pid}",
+                    mp.display()
+                );
+                // The child is reaped only after `released` is set, so the
+                // pid cannot have been reused.
+                let _ = sh_quiet("kill", &["-s", "KILL", &pid.to_string()]);
+                return;
+            }
+            sleep(Duration::from_millis(200));
+        }
+    });
 }
 
 impl FuseMount {
@@ -564,9 +592,12 @@ impl FuseMount {
             }
             sleep(Duration::from_millis(20));
         }
+        let released = Arc::new(AtomicBool::new(false));
+        start_watchdog(proc_.pid(), mp.clone(), released.clone());
         FuseMount {
             mp,
             proc_: Some(proc_),
+            released,
         }
     }
 
@@ -599,12 +630,14 @@ impl FuseMount {
             sleep(Duration::from_millis(50));
         }
         assert!(unmounted, "umount {mp} failed");
+        self.released.store(true, Ordering::SeqCst);
         let proc_ = self.proc_.take().unwrap();
         proc_.wait_timeout(Duration::from_secs(10))
     }
 
     /// Sends a signal to the mount process and waits (up to 10 s) for it.
     pub fn signal_and_wait(mut self, sig: &str) -> Out {
+        self.released.store(true, Ordering::SeqCst);
         let proc_ = self.proc_.take().unwrap();
         send_signal(proc_.pid(), sig);
         proc_.wait_timeout(Duration::from_secs(10))
@@ -613,6 +646,7 @@ impl FuseMount {
 
 impl Drop for FuseMount {
     fn drop(&mut self) {
+        self.released.store(true, Ordering::SeqCst);
         let mp = p(&self.mp);
         if is_fuse_mounted(&self.mp) {
             // A loop device over an image of this mount may still be
@@ -656,9 +690,13 @@ pub struct LoopMount {
 
 impl LoopMount {
     pub fn new(image: &Path, mp: &Path, read_only: bool) -> LoopMount {
+        LoopMount::with_options(image, mp, if read_only { "loop,ro" } else { "loop" })
+    }
+
+    /// `mount -o OPTIONS SOURCE MOUNTPOINT` (e.g. a block device with "rw").
+    pub fn with_options(source: &Path, mp: &Path, opts: &str) -> LoopMount {
         fs::create_dir_all(mp).unwrap();
-        let opts = if read_only { "loop,ro" } else { "loop" };
-        sh("mount", &["-o", opts, &p(image), &p(mp)]);
+        sh("mount", &["-o", opts, &p(source), &p(mp)]);
         LoopMount {
             mp: fs::canonicalize(mp).unwrap(),
         }
