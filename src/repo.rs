@@ -98,25 +98,33 @@ impl Repo {
         }
     }
 
-    /// Deletes pack files the index does not know: leftovers of an ingest
-    /// killed before its commit. Call only under the writer lock.
-    pub fn remove_orphan_packs(&self, _lock: &WriterLock) -> Result<u64> {
+    /// Pack files the index does not know, by name and path: leftovers of
+    /// an interrupted ingest, or the pack of an ingest still running.
+    pub fn unreferenced_packs(&self) -> Result<Vec<(String, PathBuf)>> {
         let known: std::collections::HashSet<_> = self.index.pack_ids()?.into_iter().collect();
         let dir = self.path.join(PACK_DIR);
         let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
-        let mut removed = 0;
+        let mut out = Vec::new();
         for entry in rd {
             let entry = entry.map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(id) = parse_pack_file_name(name)
-                && !known.contains(&id) {
-                    log::info!("removing leftover pack {name} of an interrupted ingest");
-                    std::fs::remove_file(entry.path())
-                        .map_err(|e| Error::io(format!("cannot remove {}", entry.path().display()), e))?;
-                    removed += 1;
-                }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if parse_pack_file_name(&name).is_some_and(|id| !known.contains(&id)) {
+                out.push((name, entry.path()));
+            }
         }
-        Ok(removed)
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes pack files the index does not know: leftovers of an ingest
+    /// killed before its commit. Call only under the writer lock, so that
+    /// no running ingest's pack is taken for a leftover.
+    pub fn remove_orphan_packs(&self, _lock: &WriterLock) -> Result<u64> {
+        let leftovers = self.unreferenced_packs()?;
+        for (name, path) in &leftovers {
+            log::info!("removing leftover pack {name} of an interrupted ingest");
+            std::fs::remove_file(path).map_err(|e| Error::io(format!("cannot remove {}", path.display()), e))?;
+        }
+        Ok(leftovers.len() as u64)
     }
 }

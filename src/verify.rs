@@ -31,6 +31,10 @@ pub struct VerifyReport {
     pub index_ok: bool,
     pub index_problems: Vec<String>,
     pub damaged: Vec<Damage>,
+    /// Pack files the index does not reference: leftovers of an
+    /// interrupted ingest (or the pack of one running now). Harmless; the
+    /// next ingest removes them. Not damage.
+    pub leftover_packs: Vec<String>,
 }
 
 pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
@@ -75,6 +79,7 @@ pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyR
         damaged.push(Damage { pack: crate::pack::pack_file_name(b.loc.pack), offset: b.loc.offset, error, used_by });
     }
     let index_ok = index_problems.is_empty();
+    let leftover_packs = repo.unreferenced_packs()?.into_iter().map(|(name, _)| name).collect();
     Ok(VerifyReport {
         ok: damaged.is_empty() && index_ok,
         blocks_checked: total,
@@ -82,5 +87,6 @@ pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyR
         index_ok,
         index_problems,
         damaged,
+        leftover_packs,
     })
 }

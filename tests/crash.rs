@@ -57,6 +57,7 @@ fn sigkill_during_ingest_leaves_repository_as_before() {
     save_copy(&big, &big_copy);
 
     let mut completed_early = 0;
+    let mut killed_with_leftovers = 0;
     for (i, delay_ms) in [50u64, 150, 300, 500, 800].into_iter().enumerate() {
         let before = list_json(&repo);
         let ing = Ingest::new(&repo, "vm1")
@@ -77,7 +78,10 @@ fn sigkill_during_ingest_leaves_repository_as_before() {
 
         let after = list_json(&repo);
         assert_eq!(before, after, "listing changed after SIGKILL at {delay_ms} ms");
-        verify_ok(&repo);
+        let leftovers = verify_ok(&repo)["leftover_packs"].as_array().unwrap().len();
+        // Each ingest first removes what the previous one left.
+        assert!(leftovers <= 1, "leftovers pile up: {leftovers} unreferenced packs");
+        killed_with_leftovers += leftovers;
         assert_eq!(
             mounted_entries(&repo, &s, &format!("k{i}"), "vm1"),
             expected_entries(&repo, "vm1"),
@@ -85,6 +89,7 @@ fn sigkill_during_ingest_leaves_repository_as_before() {
         );
     }
     assert!(completed_early < 5, "no ingest was ever interrupted");
+    assert!(killed_with_leftovers > 0, "no kill left an unreferenced pack: the reclaim path went untested");
 
     // The next ingest works, and reads back exactly.
     let out = Ingest::new(&repo, "vm1")
@@ -93,7 +98,8 @@ fn sigkill_during_ingest_leaves_repository_as_before() {
         .checkpoint("final")
         .run();
     assert_eq!(out.code, Some(0), "ingest after kills failed:\n{}", out.describe());
-    verify_ok(&repo);
+    let v = verify_ok(&repo);
+    assert_eq!(v["leftover_packs"], serde_json::json!([]), "the next ingest reclaims leftover packs: {v}");
     let names = point_names(&repo, "vm1");
     for (i, n) in names.iter().enumerate() {
         assert_point_name(n, i as u64 + 1);

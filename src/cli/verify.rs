@@ -31,6 +31,9 @@ pub fn run(a: Args) -> super::Outcome {
                 if users.is_empty() { "no restore point".to_string() } else { users.join(", ") }
             );
         }
+        for name in &r.leftover_packs {
+            eprintln!("note: pack {name} is not in the index (left by an interrupted ingest, or being written now); the next ingest removes it");
+        }
         if r.ok {
             println!("ok: {} blocks ({} bytes) checked", r.blocks_checked, r.bytes_checked);
         } else {
