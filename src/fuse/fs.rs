@@ -274,11 +274,18 @@ fn libc_accmode() -> i32 {
 /// Mounts `fs` at `mountpoint` and serves it until it is unmounted
 /// (`umount`) or the process gets SIGINT or SIGTERM, which unmount it.
 pub fn mount(fs: CbtFs, mountpoint: &Path) -> std::io::Result<()> {
+    serve(fs, mountpoint, "cbtfs")
+}
+
+/// Serves any read-only filesystem with cbtfs's FUSE settings (threads,
+/// read-ahead, signal handling). Public so that the benchmark's in-memory
+/// ceiling filesystem runs under exactly the same settings.
+pub fn serve<F: Filesystem>(fs: F, mountpoint: &Path, name: &str) -> std::io::Result<()> {
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::RO,
-        MountOption::FSName("cbtfs".into()),
-        MountOption::Subtype("cbtfs".into()),
+        MountOption::FSName(name.into()),
+        MountOption::Subtype(name.into()),
         MountOption::NoSuid,
         MountOption::NoDev,
         MountOption::DefaultPermissions,

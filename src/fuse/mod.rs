@@ -5,4 +5,4 @@
 pub mod fs;
 pub mod inode;
 
-pub use fs::{CbtFs, mount};
+pub use fs::{CbtFs, mount, serve};
