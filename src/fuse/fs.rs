@@ -161,9 +161,8 @@ impl Filesystem for CbtFs {
     ) {
         let img = self.handles.lock().unwrap().get(&fh.0).cloned();
         let Some(img) = img else { return reply.error(Errno::EBADF) };
-        let mut buf = vec![0u8; size as usize];
-        match img.read_at(&mut buf, offset) {
-            Ok(n) => reply.data(&buf[..n]),
+        match img.read_vec(offset, size as usize) {
+            Ok(data) => reply.data(&data),
             Err(e) => reply.error(eio(&format!("read at offset {offset}"), e)),
         }
     }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
 
 use rayon::prelude::*;
 
@@ -139,10 +139,12 @@ impl<'a> BlockStore<'a> {
             }
         }
 
-        let rx = spawn_reader(d.source.try_clone()?, size, self.block_size, to_read);
+        let (rx, recycle) = spawn_reader(d.source.try_clone()?, size, self.block_size, to_read);
         for batch in rx {
             let batch = batch.map_err(|e| Error::io(format!("disk {}: cannot read source {}", d.name, d.source.path.display()), e))?;
             self.store_batch(&batch, lineage, d.prev.as_ref().map(|p| p.seq), seq, &mut stats)?;
+            // Hand the buffer back; if the reader is done, it is dropped.
+            let _ = recycle.send(batch.data);
         }
         Ok(stats)
     }
@@ -240,9 +242,17 @@ impl<'a> BlockStore<'a> {
 }
 
 /// Reads the blocks of `runs` in batches on a thread of its own, so that
-/// reading overlaps hashing and compression.
-fn spawn_reader(file: File, size: u64, block_size: u32, runs: RangeSet) -> Receiver<std::io::Result<Batch>> {
+/// reading overlaps hashing and compression. Buffers come back through the
+/// second channel and are reused, so memory stays at a few batches and no
+/// time goes into zeroing fresh ones.
+fn spawn_reader(
+    file: File,
+    size: u64,
+    block_size: u32,
+    runs: RangeSet,
+) -> (Receiver<std::io::Result<Batch>>, Sender<Vec<u8>>) {
     let (tx, rx) = sync_channel(BATCHES_IN_FLIGHT);
+    let (recycle_tx, recycle_rx) = channel::<Vec<u8>>();
     let bs = block_size as u64;
     let per_batch = (BATCH_BYTES / bs).max(1);
     std::thread::spawn(move || {
@@ -250,7 +260,9 @@ fn spawn_reader(file: File, size: u64, block_size: u32, runs: RangeSet) -> Recei
             let mut b = r.start;
             while b < r.end {
                 let count = per_batch.min(r.end - b);
-                let mut data = vec![0u8; (count * bs) as usize];
+                let mut data = recycle_rx.try_recv().unwrap_or_default();
+                // read_padded overwrites every byte, so only growth is zeroed.
+                data.resize((count * bs) as usize, 0);
                 let res = read_padded(&file, b * bs, size, &mut data)
                     .map(|()| Batch { first: b, count: count as usize, data });
                 let failed = res.is_err();
@@ -261,7 +273,7 @@ fn spawn_reader(file: File, size: u64, block_size: u32, runs: RangeSet) -> Recei
             }
         }
     });
-    rx
+    (rx, recycle_tx)
 }
 
 #[cfg(test)]
