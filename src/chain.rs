@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::error::Result;
-use crate::ids::{BlockId, BlockNo, LineageId};
+use crate::ids::{BlockId, BlockNo, Digest, LineageId};
 use crate::index::Index;
 use crate::pack::FrameLoc;
 
@@ -36,7 +36,7 @@ impl Chain {
     }
 
     /// Where block `block` of `lineage` at point `seq` lives; `None` if zero.
-    pub fn locate(&self, lineage: LineageId, seq: i64, block: BlockNo) -> Result<Option<(BlockId, FrameLoc)>> {
+    pub fn locate(&self, lineage: LineageId, seq: i64, block: BlockNo) -> Result<Option<(BlockId, FrameLoc, Digest)>> {
         self.with_index(|idx| Ok(idx.locate(lineage, seq, block)?))
     }
 }

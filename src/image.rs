@@ -76,13 +76,13 @@ impl ImageReader {
     }
 
     fn block(&self, block: u64) -> Result<Option<Arc<Vec<u8>>>> {
-        let Some((id, loc)) = self.store.chain.locate(self.lineage, self.seq, BlockNo(block))? else {
+        let Some((id, loc, digest)) = self.store.chain.locate(self.lineage, self.seq, BlockNo(block))? else {
             return Ok(None);
         };
         if let Some(b) = self.store.cache.lru.lock().unwrap().get(&id) {
             return Ok(Some(b.clone()));
         }
-        let data = Arc::new(self.store.packs.read_block(&loc)?);
+        let data = Arc::new(self.store.packs.read_block(&loc, &digest)?);
         if data.len() < self.store.block_size as usize {
             // Frames hold whole blocks; a short one means a damaged index.
             return Err(crate::error::Error::Input(format!(

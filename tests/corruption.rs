@@ -6,7 +6,8 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::fs;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const BS: u64 = 64 * KIB;
@@ -231,4 +232,34 @@ fn any_flipped_byte_is_detected() {
         }
         drop(fuse);
     }
+}
+
+/// An intact pack of another repository put in place of ours (a restore
+/// from the wrong backup, a copy mix-up): every frame passes its checksum
+/// and has the right lengths, so only the digest prefix tells. The mount
+/// must answer EIO, never the other repository's bytes.
+#[test]
+fn pack_of_another_repository_reads_as_eio() {
+    let s = Scratch::new();
+    let (ra, rb) = (s.path("ra"), s.path("rb"));
+    init_repo(&ra, Some("4K"));
+    init_repo(&rb, Some("4K"));
+    let (da, db) = (s.path("a.raw"), s.path("b.raw"));
+    // Random data: stored raw, so every frame has the same length.
+    write_at(&da, 0, &Rng::new(1).bytes(64 * 1024));
+    write_at(&db, 0, &Rng::new(2).bytes(64 * 1024));
+    Ingest::new(&ra, "vm").disk("sda", &da).run().ok();
+    Ingest::new(&rb, "vm").disk("sda", &db).run().ok();
+    let packs = pack_files(&ra);
+    assert_eq!(packs.len(), 1);
+    assert_eq!(pack_files(&rb), packs, "same names and sizes, so the swap is undetectable by size");
+    let name = &packs[0].0;
+    std::fs::copy(rb.join("packs").join(name), ra.join("packs").join(name)).unwrap();
+
+    let fuse = FuseMount::start(&ra, &s.mnt("swap"));
+    let img = File::open(fuse.image("vm", &latest_point(&ra, "vm"), "sda")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert_eio(img.read_exact_at(&mut buf, 0), "read of a block from a foreign pack");
+    let out = cbtfs(&["verify", &p(&ra)]);
+    assert_eq!(out.code, Some(3), "verify must report the swapped pack:\n{}", out.describe());
 }

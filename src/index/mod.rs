@@ -376,11 +376,11 @@ impl Index {
 
     /// Where the bytes of `block` of `lineage` at point `seq` live; `None`
     /// when the block is all zeros. One index seek, independent of depth.
-    pub fn locate(&self, lineage: LineageId, seq: i64, block: BlockNo) -> Result<Option<(BlockId, FrameLoc)>> {
-        let row: Option<Option<(BlockId, FrameLoc)>> = self
+    pub fn locate(&self, lineage: LineageId, seq: i64, block: BlockNo) -> Result<Option<(BlockId, FrameLoc, Digest)>> {
+        let row: Option<Option<(BlockId, FrameLoc, Digest)>> = self
             .conn
             .prepare_cached(
-                "SELECT b.id, b.pack_id, b.offset, b.stored_len, b.raw_len FROM
+                "SELECT b.id, b.pack_id, b.offset, b.stored_len, b.raw_len, b.digest FROM
                    (SELECT block_id FROM block_versions
                     WHERE lineage_id = ?1 AND block_no = ?2 AND seq <= ?3
                     ORDER BY seq DESC LIMIT 1) v
@@ -398,6 +398,7 @@ impl Index {
                             stored_len: r.get::<_, i64>(3)? as u32,
                             raw_len: r.get::<_, i64>(4)? as u32,
                         },
+                        r.get(5)?,
                     )),
                 })
             })

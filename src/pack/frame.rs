@@ -21,6 +21,8 @@ pub enum FrameError {
     Decompress(String),
     #[error("content does not match its digest")]
     DigestMismatch,
+    #[error("frame holds another block than the index says (digest prefix differs)")]
+    WrongBlock,
 }
 
 /// An encoded frame: header followed by payload.
@@ -84,9 +86,12 @@ fn checksum(header: &[u8], payload: &[u8]) -> u64 {
     h.digest()
 }
 
-/// Checks and decodes a frame read from a pack. `want_raw`/`want_stored`
-/// come from the index; a frame that disagrees is damaged.
-pub fn decode(frame: &[u8], want_raw: u32, want_stored: u32) -> Result<Vec<u8>, FrameError> {
+/// Checks and decodes a frame read from a pack. `want_raw`, `want_stored`
+/// and `digest` come from the index; a frame that disagrees is damaged.
+/// The digest prefix check catches an intact frame of another block (a
+/// pack file swapped or restored from elsewhere), which the checksum alone
+/// cannot: without it, such a read would return wrong bytes.
+pub fn decode(frame: &[u8], want_raw: u32, want_stored: u32, digest: &Digest) -> Result<Vec<u8>, FrameError> {
     if frame.len() < FRAME_HEADER_LEN || frame[..4] != FRAME_MAGIC {
         return Err(FrameError::BadMagic);
     }
@@ -105,6 +110,9 @@ pub fn decode(frame: &[u8], want_raw: u32, want_stored: u32) -> Result<Vec<u8>, 
     let sum = u64::from_le_bytes(header[16..24].try_into().unwrap());
     if checksum(header, payload) != sum {
         return Err(FrameError::Checksum);
+    }
+    if header[24..32] != digest.prefix() {
+        return Err(FrameError::WrongBlock);
     }
     match codec {
         CODEC_RAW => Ok(payload.to_vec()),
@@ -131,7 +139,7 @@ pub fn decode_and_verify(
     want_stored: u32,
     digest: &Digest,
 ) -> Result<Vec<u8>, FrameError> {
-    let raw = decode(frame, want_raw, want_stored)?;
+    let raw = decode(frame, want_raw, want_stored, digest)?;
     if Digest::of(&raw) != *digest {
         return Err(FrameError::DigestMismatch);
     }
@@ -187,7 +195,7 @@ mod tests {
                 let mut bad = f.bytes.clone();
                 bad[i] ^= 0x40;
                 assert!(
-                    decode(&bad, f.raw_len, f.stored_len).is_err(),
+                    decode(&bad, f.raw_len, f.stored_len, &d).is_err(),
                     "flip at byte {i} went unnoticed (compressible={c})"
                 );
             }
@@ -215,21 +223,31 @@ mod tests {
         let d = Digest::of(&raw);
         let f = encode(&raw, &d);
         assert!(matches!(
-            decode(&f.bytes, f.raw_len + 1, f.stored_len),
+            decode(&f.bytes, f.raw_len + 1, f.stored_len, &d),
             Err(FrameError::LengthMismatch { .. })
         ));
-        assert!(decode(&f.bytes[..f.bytes.len() - 1], f.raw_len, f.stored_len).is_err());
-        assert_eq!(decode(&[], 1, 1), Err(FrameError::BadMagic));
+        assert!(decode(&f.bytes[..f.bytes.len() - 1], f.raw_len, f.stored_len, &d).is_err());
+        assert_eq!(decode(&[], 1, 1, &d), Err(FrameError::BadMagic));
     }
 
     #[test]
-    fn wrong_digest_is_caught_by_verify() {
+    fn frame_of_another_block_is_refused_on_every_read() {
         let raw = sample(true);
         let f = encode(&raw, &Digest::of(&raw));
         let other = Digest::of(b"other");
-        assert_eq!(
-            decode_and_verify(&f.bytes, f.raw_len, f.stored_len, &other),
-            Err(FrameError::DigestMismatch)
-        );
+        assert_eq!(decode(&f.bytes, f.raw_len, f.stored_len, &other), Err(FrameError::WrongBlock));
+        assert_eq!(decode_and_verify(&f.bytes, f.raw_len, f.stored_len, &other), Err(FrameError::WrongBlock));
+    }
+
+    #[test]
+    fn verify_catches_content_not_matching_the_digest() {
+        // Same prefix, different digest: only the full BLAKE3 check sees it.
+        let raw = sample(true);
+        let d = Digest::of(&raw);
+        let f = encode(&raw, &d);
+        let mut forged = d;
+        forged.0[31] ^= 1;
+        assert!(decode(&f.bytes, f.raw_len, f.stored_len, &forged).is_ok());
+        assert_eq!(decode_and_verify(&f.bytes, f.raw_len, f.stored_len, &forged), Err(FrameError::DigestMismatch));
     }
 }

@@ -64,10 +64,10 @@ impl PackReader {
         ReadError::Damaged { path: pack_path(&self.repo, loc.pack), offset: loc.offset, source }
     }
 
-    /// Reads a block, checking frame header and checksum.
-    pub fn read_block(&self, loc: &FrameLoc) -> Result<Vec<u8>, ReadError> {
+    /// Reads a block, checking frame header, checksum and digest prefix.
+    pub fn read_block(&self, loc: &FrameLoc, digest: &Digest) -> Result<Vec<u8>, ReadError> {
         let buf = self.read_frame(loc)?;
-        frame::decode(&buf, loc.raw_len, loc.stored_len).map_err(|e| self.damaged(loc, e))
+        frame::decode(&buf, loc.raw_len, loc.stored_len, digest).map_err(|e| self.damaged(loc, e))
     }
 
     /// Reads a block and also checks its content against its digest.
