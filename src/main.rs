@@ -31,7 +31,20 @@ fn one_line(e: &anyhow::Error) -> String {
     s.replace('\n', " ")
 }
 
+/// Raises the soft open-files limit to the hard limit: mounts hold pack
+/// files and index connections for many threads, and the common soft
+/// default of 1024 is an arbitrary cap, not a resource limit.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    raise_open_files_limit();
     // fuser warns when the kernel side is already gone after `umount`,
     // which is the normal way to stop a mount: keep only its errors.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error")).init();

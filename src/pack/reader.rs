@@ -1,11 +1,13 @@
 //! Reads and checks frames. Thread-safe: FUSE worker threads share one
 //! reader; files are opened once and read with positional reads.
 
-use std::collections::HashMap;
 use std::fs::File;
+use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use crate::format::FRAME_HEADER_LEN;
 use crate::ids::{Digest, PackId};
@@ -21,23 +23,37 @@ pub enum ReadError {
     Damaged { path: PathBuf, offset: u64, source: FrameError },
 }
 
+/// Pack files kept open at most: a quarter of the open-files limit, within
+/// 8..=256. Every ingest writes its own pack, so a long chain has
+/// thousands; keeping all open would hit the limit and turn reads into
+/// EIO. The rest of the limit is left to index connections and the caller.
+fn open_packs_cap() -> usize {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    ((limit / 4) as usize).clamp(8, 256)
+}
+
 pub struct PackReader {
     repo: PathBuf,
-    files: RwLock<HashMap<PackId, Arc<File>>>,
+    files: Mutex<LruCache<PackId, Arc<File>>>,
 }
 
 impl PackReader {
     pub fn new(repo: &Path) -> PackReader {
-        PackReader { repo: repo.to_path_buf(), files: RwLock::new(HashMap::new()) }
+        PackReader {
+            repo: repo.to_path_buf(),
+            files: Mutex::new(LruCache::new(NonZeroUsize::new(open_packs_cap()).unwrap())),
+        }
     }
 
     fn file(&self, id: PackId) -> Result<Arc<File>, ReadError> {
-        if let Some(f) = self.files.read().unwrap().get(&id) {
+        if let Some(f) = self.files.lock().unwrap().get(&id) {
             return Ok(f.clone());
         }
         let path = pack_path(&self.repo, id);
         let f = Arc::new(File::open(&path).map_err(|source| ReadError::Io { path, source })?);
-        self.files.write().unwrap().insert(id, f.clone());
+        self.files.lock().unwrap().put(id, f.clone());
         Ok(f)
     }
 
