@@ -352,6 +352,14 @@ impl Index {
         Ok(())
     }
 
+    /// Highest block number with any version in `lineage`, if any.
+    pub fn last_block_no(&self, lineage: LineageId) -> Result<Option<BlockNo>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT max(block_no) FROM block_versions WHERE lineage_id = ?1")?
+            .query_row([lineage], |r| r.get(0))?)
+    }
+
     /// Latest version at or before `seq` of every block in `lo..hi` that has
     /// any version: (block, digest), digest `None` for an all-zero version.
     /// Blocks without a row are zero. Costs the number of versions in range.

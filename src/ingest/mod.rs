@@ -251,10 +251,20 @@ impl Plan {
         let result = self.execute_in_tx(repo, &repo_path, block_size);
         match result {
             Ok((report, packs)) => {
-                repo.index.conn().execute_batch("COMMIT")?;
+                let committed = repo.index.conn().execute_batch("COMMIT");
+                // Keep the packs even if COMMIT reported an error: the
+                // commit may still have reached the log, and then the index
+                // references them. If it did not, the next ingest removes
+                // them as leftovers, checking against the index.
                 for p in packs {
                     p.publish();
                 }
+                committed?;
+                // An ingest is one transaction, so the WAL grew to about the
+                // size of what it added; fold it back into the index so it
+                // does not stay that large while mounts hold the file open.
+                // Best effort: readers may keep part of it busy.
+                let _ = repo.index.conn().execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
                 Ok(report)
             }
             Err(e) => {

@@ -151,11 +151,21 @@ impl<'a> BlockStore<'a> {
 
     /// Writes zero versions for blocks in `lo..hi` whose version at
     /// `prev_seq` holds data.
+    /// Works in slices of the block range, so memory stays bounded when a
+    /// shrink or a hole covers millions of previously stored blocks.
     fn zero_nonzero(&self, lineage: LineageId, prev_seq: i64, seq: i64, lo: u64, hi: u64) -> Result<()> {
-        for (b, digest) in self.idx.versions_in_range(lineage, prev_seq, BlockNo(lo), BlockNo(hi))? {
-            if digest.is_some() {
-                self.idx.insert_version(lineage, b, seq, None)?;
+        const SLICE: u64 = 1 << 16;
+        let Some(last) = self.idx.last_block_no(lineage)? else { return Ok(()) };
+        let hi = hi.min(last.0 + 1);
+        let mut start = lo;
+        while start < hi {
+            let end = start.saturating_add(SLICE).min(hi);
+            for (b, digest) in self.idx.versions_in_range(lineage, prev_seq, BlockNo(start), BlockNo(end))? {
+                if digest.is_some() {
+                    self.idx.insert_version(lineage, b, seq, None)?;
+                }
             }
+            start = end;
         }
         Ok(())
     }
