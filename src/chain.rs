@@ -13,6 +13,9 @@ use crate::ids::{BlockId, BlockNo, Digest, LineageId};
 use crate::index::Index;
 use crate::pack::FrameLoc;
 
+/// A block's id, frame and digest; `None` for an all-zero block.
+pub type Location = Option<(BlockId, FrameLoc, Digest)>;
+
 pub struct Chain {
     repo: PathBuf,
     pool: Mutex<Vec<Index>>,
@@ -36,7 +39,12 @@ impl Chain {
     }
 
     /// Where block `block` of `lineage` at point `seq` lives; `None` if zero.
-    pub fn locate(&self, lineage: LineageId, seq: i64, block: BlockNo) -> Result<Option<(BlockId, FrameLoc, Digest)>> {
+    pub fn locate(&self, lineage: LineageId, seq: i64, block: BlockNo) -> Result<Location> {
         self.with_index(|idx| Ok(idx.locate(lineage, seq, block)?))
+    }
+
+    /// [`Chain::locate`] for each of `blocks`, on one pooled connection.
+    pub fn locate_each(&self, lineage: LineageId, seq: i64, blocks: impl Iterator<Item = u64>) -> Result<Vec<Location>> {
+        self.with_index(|idx| blocks.map(|b| Ok(idx.locate(lineage, seq, BlockNo(b))?)).collect())
     }
 }

@@ -4,15 +4,28 @@
 //! keyed by block id (so deduplicated blocks are cached once).
 
 use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use crate::chain::Chain;
+use crate::chain::{Chain, Location};
 use crate::error::Result;
-use crate::ids::{BlockId, BlockNo, LineageId};
+use crate::ids::{BlockId, LineageId};
 use crate::pack::PackReader;
+use crate::readahead::{self, ReadAhead, Stream};
 use crate::span::pieces;
+
+/// Read-ahead workers per mount: pack reads in flight at once, beyond the
+/// FUSE threads' own.
+const READ_AHEAD_WORKERS: usize = 4;
+/// Block locations found by read-ahead and not yet used by a read: enough
+/// for several windows of several concurrent readers.
+const LOCATED_CAP: usize = 1 << 14;
+
+/// (lineage, point, block): one block of one point's image.
+type BlockKey = (LineageId, i64, u64);
 
 /// Decompressed blocks shared by all images of a mount.
 pub struct BlockCache {
@@ -25,6 +38,10 @@ impl BlockCache {
         let n = (bytes / block_size as usize).max(4);
         BlockCache { lru: Mutex::new(LruCache::new(NonZeroUsize::new(n).unwrap())) }
     }
+
+    fn contains(&self, id: &BlockId) -> bool {
+        self.lru.lock().unwrap().contains(id)
+    }
 }
 
 /// Everything an image needs from its repository, shared by all images.
@@ -33,6 +50,58 @@ pub struct Store {
     pub packs: PackReader,
     pub cache: BlockCache,
     pub block_size: u32,
+    read_ahead: ReadAhead,
+    /// Handed from read-ahead to the read that follows it, so that each
+    /// block is looked up in the index once, prefetched or not.
+    located: Mutex<LruCache<BlockKey, Location>>,
+}
+
+impl Store {
+    /// The store of repository `repo` with a block cache of about
+    /// `cache_bytes`, and its read-ahead workers.
+    pub fn new(repo: &Path, cache_bytes: usize, block_size: u32) -> Arc<Store> {
+        Arc::new_cyclic(|me| Store {
+            chain: Chain::new(repo),
+            packs: PackReader::new(repo),
+            cache: BlockCache::new(cache_bytes, block_size),
+            block_size,
+            read_ahead: ReadAhead::spawn(me.clone(), READ_AHEAD_WORKERS),
+            located: Mutex::new(LruCache::new(NonZeroUsize::new(LOCATED_CAP).unwrap())),
+        })
+    }
+
+    /// Starts the kernel reading the frames of `blocks` at point `seq` of
+    /// `lineage` that are not cached (see `readahead`).
+    pub(crate) fn prefetch(&self, lineage: LineageId, seq: i64, blocks: Range<u64>) -> Result<()> {
+        let found = self.chain.locate_each(lineage, seq, blocks.clone())?;
+        let mut locs = Vec::with_capacity(found.len());
+        for (b, l) in blocks.zip(found) {
+            if let Some((id, loc, _)) = l
+                && !self.cache.contains(&id)
+            {
+                locs.push(loc);
+            }
+            self.located.lock().unwrap().put((lineage, seq, b), l);
+        }
+        self.packs.will_need(&locs);
+        Ok(())
+    }
+
+    /// Locations of `blocks`, from read-ahead where it found them first.
+    fn locate(&self, lineage: LineageId, seq: i64, blocks: &[u64]) -> Result<Vec<Location>> {
+        let mut out: Vec<Option<Location>> = {
+            let mut located = self.located.lock().unwrap();
+            blocks.iter().map(|&b| located.pop(&(lineage, seq, b))).collect()
+        };
+        if out.iter().any(Option::is_none) {
+            let missing: Vec<u64> = blocks.iter().zip(&out).filter(|(_, l)| l.is_none()).map(|(&b, _)| b).collect();
+            let mut found = self.chain.locate_each(lineage, seq, missing.into_iter())?.into_iter();
+            for l in out.iter_mut().filter(|l| l.is_none()) {
+                *l = found.next();
+            }
+        }
+        Ok(out.into_iter().map(|l| l.expect("every block located")).collect())
+    }
 }
 
 pub struct ImageReader {
@@ -40,11 +109,12 @@ pub struct ImageReader {
     lineage: LineageId,
     seq: i64,
     size: u64,
+    stream: Stream,
 }
 
 impl ImageReader {
     pub fn new(store: Arc<Store>, lineage: LineageId, seq: i64, size: u64) -> ImageReader {
-        ImageReader { store, lineage, seq, size }
+        ImageReader { store, lineage, seq, size, stream: Stream::default() }
     }
 
     pub fn size(&self) -> u64 {
@@ -63,11 +133,19 @@ impl ImageReader {
     /// appending (no zero-fill of memory about to be overwritten: that was
     /// a tenth of the mount's CPU time in sequential reads).
     pub fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let end = offset.saturating_add(len as u64).min(self.size);
+        if let Some(ahead) = self.stream.advance(offset, end, self.size) {
+            for job in readahead::jobs(self.lineage, self.seq, ahead, self.store.block_size) {
+                self.store.read_ahead.request(job);
+            }
+        }
         let ps = pieces(offset, len, self.size, self.store.block_size);
         let total = ps.last().map(|p| p.buf_offset + p.len).unwrap_or(0);
+        let blocks: Vec<u64> = ps.iter().map(|p| p.block).collect();
+        let locations = self.store.locate(self.lineage, self.seq, &blocks)?;
         let mut out = Vec::with_capacity(total);
-        for p in ps {
-            match self.block(p.block)? {
+        for (p, l) in ps.into_iter().zip(locations) {
+            match self.block(p.block, l)? {
                 None => out.resize(out.len() + p.len, 0),
                 Some(data) => out.extend_from_slice(&data[p.in_block..p.in_block + p.len]),
             }
@@ -75,8 +153,8 @@ impl ImageReader {
         Ok(out)
     }
 
-    fn block(&self, block: u64) -> Result<Option<Arc<Vec<u8>>>> {
-        let Some((id, loc, digest)) = self.store.chain.locate(self.lineage, self.seq, BlockNo(block))? else {
+    fn block(&self, block: u64, location: Location) -> Result<Option<Arc<Vec<u8>>>> {
+        let Some((id, loc, digest)) = location else {
             return Ok(None);
         };
         if let Some(b) = self.store.cache.lru.lock().unwrap().get(&id) {

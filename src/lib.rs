@@ -20,6 +20,7 @@ pub mod list;
 pub mod names;
 pub mod pack;
 pub mod ranges;
+pub mod readahead;
 pub mod repo;
 pub mod span;
 pub mod verify;

@@ -1,13 +1,9 @@
 use std::path::PathBuf;
-use std::sync::Arc;
-
 use anyhow::Context;
 
 use cbtfs::catalog::Catalog;
-use cbtfs::chain::Chain;
 use cbtfs::fuse::{CbtFs, mount};
-use cbtfs::image::{BlockCache, Store};
-use cbtfs::pack::PackReader;
+use cbtfs::image::Store;
 use cbtfs::repo::Repo;
 
 /// Decompressed blocks kept in memory, whatever the disk size.
@@ -26,12 +22,7 @@ pub fn run(a: Args) -> super::Outcome {
     if !a.mountpoint.is_dir() {
         anyhow::bail!("mount point {} is not a directory; create it first", a.mountpoint.display());
     }
-    let store = Arc::new(Store {
-        chain: Chain::new(&repo.path),
-        packs: PackReader::new(&repo.path),
-        cache: BlockCache::new(CACHE_BYTES, repo.block_size),
-        block_size: repo.block_size,
-    });
+    let store = Store::new(&repo.path, CACHE_BYTES, repo.block_size);
     drop(repo);
     let fs = CbtFs::new(Catalog::new(store));
     mount(fs, &a.mountpoint).with_context(|| {

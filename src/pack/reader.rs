@@ -80,6 +80,26 @@ impl PackReader {
         ReadError::Damaged { path: pack_path(&self.repo, loc.pack), offset: loc.offset, source }
     }
 
+    /// Asks the kernel to start reading these frames into the page cache,
+    /// adjacent frames of a pack as one range. Best effort: errors are
+    /// left to the real read.
+    pub fn will_need(&self, locs: &[FrameLoc]) {
+        use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+        let mut i = 0;
+        while i < locs.len() {
+            let (pack, start) = (locs[i].pack, locs[i].offset);
+            let mut end = start + (FRAME_HEADER_LEN as u64 + locs[i].stored_len as u64);
+            i += 1;
+            while i < locs.len() && locs[i].pack == pack && locs[i].offset == end {
+                end += FRAME_HEADER_LEN as u64 + locs[i].stored_len as u64;
+                i += 1;
+            }
+            if let Ok(f) = self.file(pack) {
+                let _ = posix_fadvise(&*f, start as i64, (end - start) as i64, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+            }
+        }
+    }
+
     /// Reads a block, checking frame header, checksum and digest prefix.
     pub fn read_block(&self, loc: &FrameLoc, digest: &Digest) -> Result<Vec<u8>, ReadError> {
         let buf = self.read_frame(loc)?;
