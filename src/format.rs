@@ -48,9 +48,13 @@ pub const CODEC_RAW: u8 = 0;
 /// Codec byte: payload is an lz4 block (lz4_flex, no size prefix).
 pub const CODEC_LZ4: u8 = 1;
 
-/// A pack is sealed and a new one started once it grows past this size, so
-/// that garbage collection can later rewrite packs of bounded size.
-pub const PACK_TARGET_SIZE: u64 = 1 << 30;
+/// A pack is closed and the next one started once it grows past this size
+/// (`init --pack-size`, kept as `pack_size` in `repo_meta`), so that
+/// garbage collection can later rewrite packs of bounded size. Until then
+/// later ingests append to it.
+pub const DEFAULT_PACK_SIZE: u64 = 1 << 30;
+pub const MIN_PACK_SIZE: u64 = 1 << 20;
+pub const MAX_PACK_SIZE: u64 = 1 << 36;
 
 /// Default block size: 64 KiB, the granularity of changed-block maps of most
 /// hypervisors and the qcow2 default cluster size.

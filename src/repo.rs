@@ -3,11 +3,13 @@
 //! Locking: writers (ingest, and later retention) take an exclusive
 //! `flock` on `lock` for their whole run; a second writer fails at once
 //! with [`Error::Busy`]. Readers take no lock: they only read committed
-//! index state and the packs it references, which are never modified.
+//! index state and the committed bytes of packs, which never change
+//! (writers only append past them).
 //!
-//! Crash safety: packs are fsynced before the index commit that references
-//! them; leftovers of an interrupted writer (pack files with no index row)
-//! are removed by the next writer under the lock.
+//! Crash safety: pack bytes are fsynced before the index commit that
+//! references them; leftovers of an interrupted writer (pack files with no
+//! index row, bytes past a pack's committed length) are removed by the
+//! next writer under the lock.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -21,6 +23,8 @@ pub struct Repo {
     pub path: PathBuf,
     pub index: Index,
     pub block_size: u32,
+    /// Size at which packs are closed.
+    pub pack_size: u64,
 }
 
 /// Held while writing; released on drop (or when the process dies).
@@ -37,7 +41,7 @@ pub fn now_unix() -> i64 {
 
 impl Repo {
     /// Creates a repository at `path` (a new or empty directory).
-    pub fn init(path: &Path, block_size: u32) -> Result<Repo> {
+    pub fn init(path: &Path, block_size: u32, pack_size: u64) -> Result<Repo> {
         if path.join(INDEX_FILE).exists() {
             return Err(Error::Input(format!(
                 "{} is already a cbtfs repository; choose another directory",
@@ -62,8 +66,8 @@ impl Repo {
         File::create(path.join(LOCK_FILE)).map_err(mkerr)?;
         // The index is created last: its presence is what makes the
         // directory a repository.
-        let index = Index::create(path, block_size, now_unix())?;
-        Ok(Repo { path: path.to_path_buf(), index, block_size })
+        let index = Index::create(path, block_size, pack_size, now_unix())?;
+        Ok(Repo { path: path.to_path_buf(), index, block_size, pack_size })
     }
 
     pub fn open(path: &Path) -> Result<Repo> {
@@ -76,7 +80,8 @@ impl Repo {
         }
         let index = Index::open(path)?;
         let block_size = index.block_size()?;
-        Ok(Repo { path: path.to_path_buf(), index, block_size })
+        let pack_size = index.pack_size()?;
+        Ok(Repo { path: path.to_path_buf(), index, block_size, pack_size })
     }
 
     /// Takes the writer lock without waiting.

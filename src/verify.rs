@@ -35,6 +35,17 @@ pub struct VerifyReport {
     /// interrupted ingest (or the pack of one running now). Harmless; the
     /// next ingest removes them. Not damage.
     pub leftover_packs: Vec<String>,
+    /// Packs longer than the index records: the uncommitted appends of an
+    /// interrupted ingest. Harmless; the next ingest cuts them off. Not
+    /// damage.
+    pub uncommitted_tails: Vec<PackTail>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PackTail {
+    pub pack: String,
+    /// Bytes past the committed length.
+    pub bytes: u64,
 }
 
 pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
@@ -80,6 +91,15 @@ pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyR
     }
     let index_ok = index_problems.is_empty();
     let leftover_packs = repo.unreferenced_packs()?.into_iter().map(|(name, _)| name).collect();
+    let mut uncommitted_tails = Vec::new();
+    for (id, committed) in idx.pack_sizes()? {
+        // A missing or short pack shows as damage of its blocks above.
+        if let Ok(m) = std::fs::metadata(crate::pack::pack_path(&repo.path, id))
+            && m.len() > committed
+        {
+            uncommitted_tails.push(PackTail { pack: crate::pack::pack_file_name(id), bytes: m.len() - committed });
+        }
+    }
     Ok(VerifyReport {
         ok: damaged.is_empty() && index_ok,
         blocks_checked: total,
@@ -88,5 +108,6 @@ pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyR
         index_problems,
         damaged,
         leftover_packs,
+        uncommitted_tails,
     })
 }

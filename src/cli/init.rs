@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
-use cbtfs::format::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use cbtfs::format::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MAX_PACK_SIZE, MIN_BLOCK_SIZE, MIN_PACK_SIZE};
 use cbtfs::repo::Repo;
 
 #[derive(clap::Args, Debug)]
@@ -12,32 +12,50 @@ pub struct Args {
     /// Block size: a power of two from 4K to 4M, e.g. 64K, 1M or 131072
     #[arg(long, default_value = "64K", value_parser = parse_block_size)]
     pub block_size: u32,
+    /// Pack files are closed at about this size, from 1M to 64G (e.g. 64M
+    /// for a repository copied to object storage); later ingests append to
+    /// the newest pack until then
+    #[arg(long, default_value = "1G", value_parser = parse_pack_size)]
+    pub pack_size: u64,
 }
 
-/// Parses `4096`, `4K`, `64k`, `1M`, `1MiB`.
-pub fn parse_block_size(s: &str) -> Result<u32, String> {
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
+/// Parses `4096`, `4K`, `64k`, `1M`, `1MiB`, `2G`, `2GiB`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
     let (num, mult) = if let Some(n) = lower.strip_suffix("kib").or(lower.strip_suffix("k")) {
-        (n, 1024u64)
+        (n, 1u64 << 10)
     } else if let Some(n) = lower.strip_suffix("mib").or(lower.strip_suffix("m")) {
-        (n, 1024 * 1024)
+        (n, 1 << 20)
+    } else if let Some(n) = lower.strip_suffix("gib").or(lower.strip_suffix("g")) {
+        (n, 1 << 30)
     } else {
         (lower.as_str(), 1)
     };
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 64K, 1M or 131072"))?;
-    let v = n.checked_mul(mult).ok_or_else(|| format!("{s} is too large"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("{s} is too large"))
+}
+
+pub fn parse_block_size(s: &str) -> Result<u32, String> {
+    let v = parse_size(s)?;
     if !v.is_power_of_two() || v < MIN_BLOCK_SIZE as u64 || v > MAX_BLOCK_SIZE as u64 {
         return Err(format!("block size {s} must be a power of two from 4K to 4M"));
     }
     Ok(v as u32)
 }
 
+pub fn parse_pack_size(s: &str) -> Result<u64, String> {
+    let v = parse_size(s)?;
+    if !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&v) {
+        return Err(format!("pack size {s} must be from 1M to 64G"));
+    }
+    Ok(v)
+}
+
 pub fn run(a: Args) -> super::Outcome {
     if a.block_size == 0 {
         bail!("block size must not be zero");
     }
-    Repo::init(&a.repo, a.block_size)?;
+    Repo::init(&a.repo, a.block_size, a.pack_size)?;
     let kib = a.block_size / 1024;
     let note = if a.block_size == DEFAULT_BLOCK_SIZE { " (default)" } else { "" };
     println!("initialised repository {} with {kib} KiB blocks{note}", a.repo.display());
@@ -47,6 +65,17 @@ pub fn run(a: Args) -> super::Outcome {
 #[cfg(test)]
 mod tests {
     use super::parse_block_size as p;
+    use super::parse_pack_size;
+
+    #[test]
+    fn pack_sizes() {
+        assert_eq!(parse_pack_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_pack_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_pack_size("1M"), Ok(1 << 20));
+        for bad in ["", "512K", "65G", "x", "0"] {
+            assert!(parse_pack_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn block_sizes() {

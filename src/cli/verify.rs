@@ -34,6 +34,9 @@ pub fn run(a: Args) -> super::Outcome {
         for name in &r.leftover_packs {
             eprintln!("note: pack {name} is not in the index (left by an interrupted ingest, or being written now); the next ingest removes it");
         }
+        for t in &r.uncommitted_tails {
+            eprintln!("note: pack {} has {} bytes past its committed end (left by an interrupted ingest, or being written now); the next ingest cuts them off", t.pack, t.bytes);
+        }
         if r.ok {
             println!("ok: {} blocks ({} bytes) checked", r.blocks_checked, r.bytes_checked);
         } else {

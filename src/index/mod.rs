@@ -92,7 +92,7 @@ fn set_pragmas(conn: &Connection) -> rusqlite::Result<()> {
 
 impl Index {
     /// Creates the index of a new repository. Fails if it exists.
-    pub fn create(repo: &Path, block_size: u32, now: i64) -> Result<Index> {
+    pub fn create(repo: &Path, block_size: u32, pack_size: u64, now: i64) -> Result<Index> {
         let path = repo.join(crate::format::INDEX_FILE);
         let open = |e| IndexError::Open { path: path.clone(), source: e };
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
@@ -103,6 +103,7 @@ impl Index {
         for (k, v) in [
             ("format_version", crate::format::REPO_FORMAT_VERSION.to_string()),
             ("block_size", block_size.to_string()),
+            ("pack_size", pack_size.to_string()),
             ("created", now.to_string()),
         ] {
             tx.execute("INSERT INTO repo_meta(key, value) VALUES (?1, ?2)", params![k, v])?;
@@ -154,6 +155,13 @@ impl Index {
 
     pub fn block_size(&self) -> Result<u32> {
         Ok(self.meta_u64("block_size")? as u32)
+    }
+
+    /// Size at which a pack is closed and the next one started. Absent in
+    /// repositories made before the setting existed: the default then.
+    pub fn pack_size(&self) -> Result<u64> {
+        let set: bool = self.conn.query_row("SELECT count(*) > 0 FROM repo_meta WHERE key = 'pack_size'", [], |r| r.get(0))?;
+        if set { self.meta_u64("pack_size") } else { Ok(crate::format::DEFAULT_PACK_SIZE) }
     }
 
     // ---- machines and points -------------------------------------------
@@ -426,6 +434,15 @@ impl Index {
         let mut st = self.conn.prepare_cached("SELECT id, size FROM packs ORDER BY id")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The pack with the highest id and its committed length, if any.
+    pub fn newest_pack(&self) -> Result<Option<(PackId, u64)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id, size FROM packs ORDER BY id DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .optional()?)
     }
 
     pub fn next_pack_id(&self) -> Result<PackId> {

@@ -288,7 +288,7 @@ impl Plan {
         };
         let seq = self.latest.as_ref().map(|p| p.seq + 1).unwrap_or(1);
         let point = idx.insert_point(machine, seq, now, self.checkpoint.as_deref())?;
-        let mut store = store::BlockStore::new(idx, repo_path, block_size, now)?;
+        let mut store = store::BlockStore::new(idx, repo_path, block_size, repo.pack_size, now)?;
         let mut reports = Vec::new();
         for d in &self.disks {
             let lineage = match &d.prev {

@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::format::{PACK_HEADER_LEN, PACK_TARGET_SIZE};
+use crate::format::PACK_HEADER_LEN;
 use crate::ids::{BlockId, BlockNo, Digest, LineageId, PackId};
 use crate::index::Index;
 use crate::pack::writer::SealedPack;
@@ -47,10 +47,14 @@ pub struct BlockStore<'a> {
     idx: &'a Index,
     repo: &'a Path,
     block_size: u32,
+    pack_size: u64,
     now: i64,
     next_pack: PackId,
     writer: Option<PackWriter>,
     sealed: Vec<SealedPack>,
+    /// Whether this ingest already considered appending to the newest
+    /// pack (it does so once, for its first frame).
+    tried_append: bool,
 }
 
 /// All-zero test in 16-byte words; blocks are never stored when zero.
@@ -61,8 +65,8 @@ fn is_zero(b: &[u8]) -> bool {
 }
 
 impl<'a> BlockStore<'a> {
-    pub fn new(idx: &'a Index, repo: &'a Path, block_size: u32, now: i64) -> Result<BlockStore<'a>> {
-        Ok(BlockStore { idx, repo, block_size, now, next_pack: idx.next_pack_id()?, writer: None, sealed: Vec::new() })
+    pub fn new(idx: &'a Index, repo: &'a Path, block_size: u32, pack_size: u64, now: i64) -> Result<BlockStore<'a>> {
+        Ok(BlockStore { idx, repo, block_size, pack_size, now, next_pack: idx.next_pack_id()?, writer: None, sealed: Vec::new(), tried_append: false })
     }
 
     fn bs(&self) -> u64 {
@@ -71,21 +75,42 @@ impl<'a> BlockStore<'a> {
 
     /// Appends a frame, starting a new pack when the current one is full.
     fn append(&mut self, bytes: Vec<u8>) -> Result<(PackId, u64)> {
-        if self.writer.as_ref().is_some_and(|w| w.len() >= PACK_TARGET_SIZE) {
+        if self.writer.as_ref().is_some_and(|w| w.len() >= self.pack_size) {
             self.seal_current()?;
         }
         if self.writer.is_none() {
-            let id = self.next_pack;
-            self.next_pack = PackId(id.0 + 1);
-            let w = PackWriter::create(self.repo, id).map_err(|e| {
-                Error::io(format!("cannot create pack {}", crate::pack::pack_path(self.repo, id).display()), e)
-            })?;
-            self.idx.insert_pack(id, PACK_HEADER_LEN as u64, self.now)?;
-            self.writer = Some(w);
+            self.writer = Some(self.open_writer()?);
         }
         let w = self.writer.as_mut().unwrap();
         let at = w.append(bytes).map_err(|e| Error::io(format!("cannot write pack {}", w.id().0), e))?;
         Ok((w.id(), at))
+    }
+
+    /// Continues the newest pack while it is below the target size, so a
+    /// long chain of small incrementals shares a few packs instead of
+    /// leaving one small file each: fewer files to open and seek between
+    /// when a point of a deep chain is read cold. Otherwise, or if the
+    /// newest pack cannot be appended to, starts a new pack.
+    fn open_writer(&mut self) -> Result<PackWriter> {
+        if !std::mem::replace(&mut self.tried_append, true)
+            && let Some((id, len)) = self.idx.newest_pack()?
+            && len < self.pack_size
+        {
+            match PackWriter::append_to(self.repo, id, len) {
+                Ok(w) => return Ok(w),
+                Err(e) => log::warn!(
+                    "cannot append to pack {}: {e}; writing a new pack (run `cbtfs verify`)",
+                    crate::pack::pack_path(self.repo, id).display()
+                ),
+            }
+        }
+        let id = self.next_pack;
+        self.next_pack = PackId(id.0 + 1);
+        let w = PackWriter::create(self.repo, id).map_err(|e| {
+            Error::io(format!("cannot create pack {}", crate::pack::pack_path(self.repo, id).display()), e)
+        })?;
+        self.idx.insert_pack(id, PACK_HEADER_LEN as u64, self.now)?;
+        Ok(w)
     }
 
     fn seal_current(&mut self) -> Result<()> {

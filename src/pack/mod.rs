@@ -1,11 +1,15 @@
 //! Pack files: append-only files of compressed, checksummed block frames.
 //!
 //! Invariants:
-//! - A pack is written by exactly one ingest, which holds the repository
-//!   lock; it is fsynced (file and directory) before the SQLite commit that
-//!   first references it, so a committed block always has its bytes on disk.
-//! - A pack file with no row in `packs` is the leftover of an interrupted
-//!   ingest and is deleted by the next writer.
+//! - Packs are written only by an ingest holding the repository lock, and
+//!   only by appending: to a new pack, or to the newest one while it is
+//!   below the pack size. What an ingest wrote is fsynced before the SQLite
+//!   commit that references it and records the pack's new length, so a
+//!   committed block always has its bytes on disk, and bytes within a
+//!   pack's committed length never change.
+//! - A pack file with no row in `packs`, or bytes past a pack's committed
+//!   length, are leftovers of an interrupted ingest: the next writer
+//!   deletes the file, or cuts the bytes off before appending.
 //! - Readers never trust a frame: the header must match what the index says,
 //!   and the xxh3 checksum must match, or the read fails. Damage is an error,
 //!   never wrong bytes.

@@ -1,7 +1,10 @@
-//! Appends frames to a new pack file; seals it with fsync. A pack that is
-//! not published (referenced by a committed index transaction) is deleted
-//! when its guard drops, so a failed ingest leaves nothing behind; a killed
-//! one leaves a file with no index row, which the next writer removes.
+//! Appends frames to a pack file, a new one or the newest one while it is
+//! below the target size, and seals it with fsync. What an ingest wrote is
+//! undone when its guard drops unpublished (not referenced by a committed
+//! index transaction): a pack it created is deleted, a pack it appended to
+//! is cut back to its committed length. So a failed ingest leaves nothing
+//! behind; a killed one leaves a file with no index row, or bytes past the
+//! length the index records, which the next writer removes.
 //!
 //! Writing happens on a thread of the writer's own, so the ingest can hash
 //! and compress the next batch while the kernel copies this one: offsets
@@ -9,7 +12,8 @@
 //! latest in [`PackWriter::seal`], before anything is committed.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
@@ -30,6 +34,46 @@ pub struct PackWriter {
     tx: Option<SyncSender<Vec<u8>>>,
     thread: Option<JoinHandle<std::io::Result<File>>>,
     len: u64,
+    undo: Undo,
+}
+
+/// How to take back what a writer added, if its ingest does not commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undo {
+    /// The writer created the pack: delete it.
+    Delete,
+    /// The pack was committed at this length before: truncate to it.
+    Truncate(u64),
+}
+
+impl Undo {
+    fn apply(self, path: &std::path::Path) {
+        let res = match self {
+            Undo::Delete => std::fs::remove_file(path),
+            Undo::Truncate(len) => OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(len)),
+        };
+        if let Err(e) = res {
+            // The next writer retries: it deletes unknown packs and cuts
+            // the newest back to its committed length.
+            log::warn!("cannot undo uncommitted writes to {}: {e}", path.display());
+        }
+    }
+}
+
+/// Writes frames in order on a thread of its own; returns the file.
+fn spawn_writer(file: File, header: Option<[u8; PACK_HEADER_LEN]>) -> (SyncSender<Vec<u8>>, JoinHandle<std::io::Result<File>>) {
+    let (tx, rx) = sync_channel::<Vec<u8>>(QUEUED_FRAMES);
+    let thread = std::thread::spawn(move || {
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        if let Some(h) = header {
+            out.write_all(&h)?;
+        }
+        for frame in rx {
+            out.write_all(&frame)?;
+        }
+        out.into_inner().map_err(|e| e.into_error())
+    });
+    (tx, thread)
 }
 
 impl PackWriter {
@@ -40,16 +84,37 @@ impl PackWriter {
         let mut header = [0u8; PACK_HEADER_LEN];
         header[..8].copy_from_slice(&PACK_MAGIC);
         header[8..16].copy_from_slice(&id.0.to_le_bytes());
-        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUED_FRAMES);
-        let thread = std::thread::spawn(move || {
-            let mut out = BufWriter::with_capacity(1 << 20, file);
-            out.write_all(&header)?;
-            for frame in rx {
-                out.write_all(&frame)?;
-            }
-            out.into_inner().map_err(|e| e.into_error())
-        });
-        Ok(PackWriter { id, path, tx: Some(tx), thread: Some(thread), len: PACK_HEADER_LEN as u64 })
+        let (tx, thread) = spawn_writer(file, Some(header));
+        Ok(PackWriter { id, path, tx: Some(tx), thread: Some(thread), len: PACK_HEADER_LEN as u64, undo: Undo::Delete })
+    }
+
+    /// Reopens pack `id`, committed at `committed_len` bytes, to append to
+    /// it. Bytes past that length are the uncommitted writes of an
+    /// interrupted ingest and are cut off first. Fails, changing nothing,
+    /// if the header is not this pack's or the file is shorter than the
+    /// index says (damage for `verify` to report, not a place to write).
+    pub fn append_to(repo: &std::path::Path, id: PackId, committed_len: u64) -> std::io::Result<PackWriter> {
+        let path = pack_path(repo, id);
+        let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let mut header = [0u8; PACK_HEADER_LEN];
+        file.read_exact_at(&mut header, 0)?;
+        if header[..8] != PACK_MAGIC || header[8..16] != id.0.to_le_bytes() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "pack header does not name this pack"));
+        }
+        let actual = file.metadata()?.len();
+        if actual < committed_len || committed_len < PACK_HEADER_LEN as u64 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("pack is {actual} bytes, shorter than the {committed_len} the index records"),
+            ));
+        }
+        if actual > committed_len {
+            log::info!("cutting {} uncommitted bytes off pack {}", actual - committed_len, path.display());
+            file.set_len(committed_len)?;
+        }
+        file.seek(SeekFrom::Start(committed_len))?;
+        let (tx, thread) = spawn_writer(file, None);
+        Ok(PackWriter { id, path, tx: Some(tx), thread: Some(thread), len: committed_len, undo: Undo::Truncate(committed_len) })
     }
 
     pub fn id(&self) -> PackId {
@@ -86,16 +151,19 @@ impl PackWriter {
         }
     }
 
-    /// Waits for every frame to be written, then fsyncs the pack and its
-    /// directory. The returned guard deletes the file on drop unless
-    /// [`SealedPack::publish`] was called.
+    /// Waits for every frame to be written, then fsyncs the pack (and, for
+    /// a new pack, its directory). The returned guard undoes the writes on
+    /// drop unless [`SealedPack::publish`] was called.
     pub fn seal(mut self) -> std::io::Result<SealedPack> {
         let file = self.join()?;
         file.sync_all()?;
-        if let Some(dir) = self.path.parent() {
+        if self.undo == Undo::Delete
+            && let Some(dir) = self.path.parent()
+        {
+            // A new file's name must be durable too.
             File::open(dir)?.sync_all()?;
         }
-        Ok(SealedPack { id: self.id, path: std::mem::take(&mut self.path), len: self.len, published: false })
+        Ok(SealedPack { id: self.id, path: std::mem::take(&mut self.path), len: self.len, undo: self.undo, published: false })
     }
 }
 
@@ -105,8 +173,8 @@ impl Drop for PackWriter {
             let _ = self.join();
         }
         if !self.path.as_os_str().is_empty() {
-            // Not sealed: an aborted ingest; the pack must not stay.
-            let _ = std::fs::remove_file(&self.path);
+            // Not sealed: an aborted ingest; its writes must not stay.
+            self.undo.apply(&self.path);
         }
     }
 }
@@ -116,6 +184,7 @@ pub struct SealedPack {
     pub id: PackId,
     pub path: PathBuf,
     pub len: u64,
+    undo: Undo,
     published: bool,
 }
 
@@ -129,7 +198,99 @@ impl SealedPack {
 impl Drop for SealedPack {
     fn drop(&mut self) {
         if !self.published {
-            let _ = std::fs::remove_file(&self.path);
+            self.undo.apply(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join(crate::format::PACK_DIR)).unwrap();
+        d
+    }
+
+    fn file_len(repo: &std::path::Path, id: PackId) -> u64 {
+        std::fs::metadata(pack_path(repo, id)).unwrap().len()
+    }
+
+    /// A committed pack of one 100-byte frame.
+    fn committed(repo: &std::path::Path, id: PackId) -> u64 {
+        let mut w = PackWriter::create(repo, id).unwrap();
+        assert_eq!(w.append(vec![7u8; 100]).unwrap(), PACK_HEADER_LEN as u64);
+        let sealed = w.seal().unwrap();
+        let len = sealed.len;
+        sealed.publish();
+        len
+    }
+
+    #[test]
+    fn unpublished_new_pack_is_deleted() {
+        let d = repo();
+        let mut w = PackWriter::create(d.path(), PackId(1)).unwrap();
+        w.append(vec![1u8; 10]).unwrap();
+        drop(w.seal().unwrap());
+        assert!(!pack_path(d.path(), PackId(1)).exists());
+    }
+
+    #[test]
+    fn append_continues_at_the_committed_end_and_undo_cuts_back() {
+        let d = repo();
+        let id = PackId(3);
+        let len = committed(d.path(), id);
+        assert_eq!(len, PACK_HEADER_LEN as u64 + 100);
+
+        // Appended, sealed, not published: cut back, first frame intact.
+        let mut w = PackWriter::append_to(d.path(), id, len).unwrap();
+        assert_eq!(w.append(vec![9u8; 50]).unwrap(), len);
+        drop(w.seal().unwrap());
+        assert_eq!(file_len(d.path(), id), len);
+
+        // Appended and dropped unsealed (a failed ingest): the same.
+        let mut w = PackWriter::append_to(d.path(), id, len).unwrap();
+        w.append(vec![9u8; 50]).unwrap();
+        drop(w);
+        assert_eq!(file_len(d.path(), id), len);
+
+        // Published: kept.
+        let mut w = PackWriter::append_to(d.path(), id, len).unwrap();
+        w.append(vec![5u8; 50]).unwrap();
+        let s = w.seal().unwrap();
+        assert_eq!(s.len, len + 50);
+        s.publish();
+        let bytes = std::fs::read(pack_path(d.path(), id)).unwrap();
+        assert_eq!(&bytes[..8], &PACK_MAGIC);
+        assert!(bytes[PACK_HEADER_LEN..PACK_HEADER_LEN + 100].iter().all(|&b| b == 7));
+        assert!(bytes[PACK_HEADER_LEN + 100..].iter().all(|&b| b == 5));
+    }
+
+    #[test]
+    fn append_cuts_off_what_a_killed_ingest_left() {
+        let d = repo();
+        let id = PackId(4);
+        let len = committed(d.path(), id);
+        // A killed ingest's bytes past the committed end.
+        let f = OpenOptions::new().append(true).open(pack_path(d.path(), id)).unwrap();
+        (&f).write_all(&[0xEE; 4000]).unwrap();
+        let mut w = PackWriter::append_to(d.path(), id, len).unwrap();
+        assert_eq!(w.append(vec![1u8; 10]).unwrap(), len, "new frames start at the committed end");
+        w.seal().unwrap().publish();
+        assert_eq!(file_len(d.path(), id), len + 10);
+    }
+
+    #[test]
+    fn append_refuses_a_pack_that_is_not_as_recorded() {
+        let d = repo();
+        let len = committed(d.path(), PackId(5));
+        // Shorter than the index says: damage, never written to.
+        assert!(PackWriter::append_to(d.path(), PackId(5), len + 1).is_err());
+        assert_eq!(file_len(d.path(), PackId(5)), len);
+        // A header naming another pack.
+        std::fs::copy(pack_path(d.path(), PackId(5)), pack_path(d.path(), PackId(6))).unwrap();
+        assert!(PackWriter::append_to(d.path(), PackId(6), len).is_err());
+        assert_eq!(file_len(d.path(), PackId(6)), len);
     }
 }
