@@ -2,11 +2,11 @@
 //!
 //! The kernel's read-ahead ends at the FUSE file: it asks for the next
 //! megabyte of the image, and the image reader then fetches that
-//! megabyte's blocks one after the other, each from the pack holding its
-//! newest version. In a long chain of small incrementals those are hundreds
-//! of small pack files, and the first touch of each is a synchronous disk
-//! read (its inode, then its data): cold reads of a 1000-point chain ran at
-//! half the speed of a one-point chain although every lookup cost the same.
+//! megabyte's blocks one after the other, each from where its newest
+//! version lies. In a long chain of small incrementals those are scattered
+//! over many places in the packs, each a synchronous disk read when cold:
+//! cold reads of a 1000-point chain ran at half the speed of a one-point
+//! chain although every lookup cost the same.
 //!
 //! So a few workers look up the blocks just ahead of a sequential reader,
 //! open their packs and ask the kernel to start reading those frames
@@ -25,7 +25,7 @@ use crate::image::Store;
 
 /// How far ahead of a sequential reader to start pack reads: a few
 /// milliseconds of reading at full speed, enough to hide the latency of
-/// opening and reading dozens of small packs.
+/// dozens of scattered reads.
 pub const WINDOW: u64 = 16 << 20;
 /// Bytes of the image per job, so that several workers share a window.
 const JOB_BYTES: u64 = 1 << 20;

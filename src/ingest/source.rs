@@ -56,6 +56,21 @@ impl Source {
             .map_err(|e| Error::io(format!("cannot reopen {}", self.path.display()), e))
     }
 
+    /// A reader of this source, with direct I/O where the kernel allows it.
+    pub fn reader(&self) -> Result<SourceReader> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        // The same open file, not the same path: the path may have been
+        // replaced since it was opened.
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+            .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+            .inspect_err(|e| log::debug!("no direct I/O on {}: {e}", self.path.display()))
+            .ok();
+        Ok(SourceReader { buffered: self.try_clone()?, direct, size: self.size })
+    }
+
     /// Byte ranges that may hold data. Holes are certainly zero.
     pub fn allocated(&self) -> Result<RangeSet> {
         let whole = RangeSet::single(0..self.size);
@@ -91,6 +106,91 @@ impl Source {
             Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => Ok(None),
             Err(e) => Err(Error::io(format!("cannot map allocation of {}", self.path.display()), e.into())),
         }
+    }
+}
+
+/// Reads a source in large batches. Direct I/O (O_DIRECT) lets the device
+/// write straight into the batch buffer: copying from the page cache was a
+/// third of a full ingest's CPU time, and a backup has no use for keeping
+/// the disk in the page cache (it would only evict the guests' data).
+/// Falls back to buffered reads where direct I/O is refused.
+pub struct SourceReader {
+    buffered: File,
+    direct: Option<File>,
+    size: u64,
+}
+
+impl SourceReader {
+    /// Fills `buf` from `offset`, zero-filled past the end of the source.
+    /// With direct I/O, `buf` and `offset` must be aligned to
+    /// [`AlignedBuf::ALIGN`], as the batches are.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if let Some(d) = &self.direct {
+            match read_direct(d, offset, self.size, buf) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                    log::debug!("direct read refused ({e}); reading through the page cache");
+                }
+                other => return other,
+            }
+        }
+        read_padded(&self.buffered, offset, self.size, buf)
+    }
+
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+}
+
+/// [`read_padded`] for an O_DIRECT file: whole aligned lengths are asked
+/// for, and a short read is accepted only past the end of the source.
+fn read_direct(file: &File, offset: u64, size: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    let avail = size.saturating_sub(offset).min(buf.len() as u64) as usize;
+    let want = avail.next_multiple_of(AlignedBuf::ALIGN).min(buf.len());
+    let mut done = 0;
+    while done < avail {
+        let n = file.read_at(&mut buf[done..want], offset + done as u64)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "source ended early"));
+        }
+        done += n;
+    }
+    buf[avail..].fill(0);
+    Ok(())
+}
+
+/// A byte buffer whose start is aligned for direct I/O, built without
+/// unsafe code: a vector over-allocated by the alignment and used from its
+/// first aligned byte (moving the vector does not move its heap memory).
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub const ALIGN: usize = 4096;
+
+    pub fn new(len: usize) -> AlignedBuf {
+        let raw = vec![0u8; len + Self::ALIGN];
+        let start = raw.as_ptr().align_offset(Self::ALIGN);
+        AlignedBuf { raw, start, len }
+    }
+
+    /// Makes the buffer `len` bytes long, reallocating only to grow.
+    pub fn set_len(&mut self, len: usize) {
+        if self.start + len > self.raw.len() {
+            *self = AlignedBuf::new(len);
+        } else {
+            self.len = len;
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
     }
 }
 
@@ -132,6 +232,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(Source::open("sda", &dir.path().join("nope")), Err(Error::Input(_))));
         assert!(matches!(Source::open("sda", dir.path()), Err(Error::Input(_))));
+    }
+
+    #[test]
+    fn direct_reads_match_buffered_reads() {
+        // In the build tree, not under /tmp, which may be tmpfs (no direct
+        // I/O there).
+        let base = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
+        std::fs::create_dir_all(base).unwrap();
+        let dir = tempfile::tempdir_in(base).unwrap();
+        let p = dir.path().join("disk");
+        // An odd size: the last block is partial.
+        let data: Vec<u8> = (0..(3 * 65536 + 1000)).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let src = Source::open("sda", &p).unwrap();
+        let r = src.reader().unwrap();
+        assert!(r.is_direct(), "ext4 and xfs allow direct I/O");
+        let mut buf = AlignedBuf::new(2 * 65536);
+        assert_eq!(buf.as_slice().as_ptr().align_offset(AlignedBuf::ALIGN), 0);
+        r.read(0, buf.as_mut_slice()).unwrap();
+        assert_eq!(buf.as_slice(), &data[..2 * 65536]);
+        buf.as_mut_slice().fill(9);
+        r.read(2 * 65536, buf.as_mut_slice()).unwrap();
+        assert_eq!(&buf.as_slice()[..65536 + 1000], &data[2 * 65536..]);
+        assert!(buf.as_slice()[65536 + 1000..].iter().all(|&b| b == 0), "zero past the end");
+        buf.set_len(65536);
+        r.read(3 * 65536, buf.as_mut_slice()).unwrap();
+        assert_eq!(&buf.as_slice()[..1000], &data[3 * 65536..]);
+        assert!(buf.as_slice()[1000..].iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -24,9 +24,9 @@ pub enum ReadError {
 }
 
 /// Pack files kept open at most: a quarter of the open-files limit, within
-/// 8..=256. Every ingest writes its own pack, so a long chain has
-/// thousands; keeping all open would hit the limit and turn reads into
-/// EIO. The rest of the limit is left to index connections and the caller.
+/// 8..=256. A large repository has thousands of packs (and one made by
+/// older versions, one per ingest); keeping all open would hit the limit
+/// and turn reads into EIO. The rest of the limit is left to index connections and the caller.
 fn open_packs_cap() -> usize {
     let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| soft)

@@ -60,16 +60,45 @@ impl Undo {
     }
 }
 
-/// Writes frames in order on a thread of its own; returns the file.
-fn spawn_writer(file: File, header: Option<[u8; PACK_HEADER_LEN]>) -> (SyncSender<Vec<u8>>, JoinHandle<std::io::Result<File>>) {
+/// Bytes written between two requests to start writeback.
+const WRITEBACK_STEP: u64 = 16 << 20;
+
+/// Writes frames in order, from `start`, on a thread of its own; returns
+/// the file.
+///
+/// Every [`WRITEBACK_STEP`] it asks the kernel to start writing what it
+/// has so far (`POSIX_FADV_DONTNEED` starts writeback of dirty pages and
+/// drops clean ones): left alone, the kernel starts only once a tenth of
+/// memory is dirty, so a full backup's whole pack waited for the final
+/// fsync, a quarter of the ingest time on the benchmark machine. The
+/// pages written are not needed again by the ingest either.
+fn spawn_writer(
+    file: File,
+    start: u64,
+    header: Option<[u8; PACK_HEADER_LEN]>,
+) -> (SyncSender<Vec<u8>>, JoinHandle<std::io::Result<File>>) {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
     let (tx, rx) = sync_channel::<Vec<u8>>(QUEUED_FRAMES);
     let thread = std::thread::spawn(move || {
         let mut out = BufWriter::with_capacity(1 << 20, file);
+        let (mut written, mut flushing) = (start, start);
         if let Some(h) = header {
             out.write_all(&h)?;
+            written += h.len() as u64;
         }
         for frame in rx {
             out.write_all(&frame)?;
+            written += frame.len() as u64;
+            if written - flushing >= WRITEBACK_STEP {
+                let in_file = written - out.buffer().len() as u64;
+                let _ = posix_fadvise(
+                    out.get_ref(),
+                    flushing as i64,
+                    (in_file - flushing) as i64,
+                    PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                );
+                flushing = in_file;
+            }
         }
         out.into_inner().map_err(|e| e.into_error())
     });
@@ -84,7 +113,7 @@ impl PackWriter {
         let mut header = [0u8; PACK_HEADER_LEN];
         header[..8].copy_from_slice(&PACK_MAGIC);
         header[8..16].copy_from_slice(&id.0.to_le_bytes());
-        let (tx, thread) = spawn_writer(file, Some(header));
+        let (tx, thread) = spawn_writer(file, 0, Some(header));
         Ok(PackWriter { id, path, tx: Some(tx), thread: Some(thread), len: PACK_HEADER_LEN as u64, undo: Undo::Delete })
     }
 
@@ -113,7 +142,7 @@ impl PackWriter {
             file.set_len(committed_len)?;
         }
         file.seek(SeekFrom::Start(committed_len))?;
-        let (tx, thread) = spawn_writer(file, None);
+        let (tx, thread) = spawn_writer(file, committed_len, None);
         Ok(PackWriter { id, path, tx: Some(tx), thread: Some(thread), len: committed_len, undo: Undo::Truncate(committed_len) })
     }
 
