@@ -42,7 +42,11 @@
 # Chain depth: a separate 256 MiB disk gets a full and then tiny
 # incrementals by map (1-4 extents of 4-32 KiB each) up to depths A and B
 # (default 100 and 1000); the newest point is read cold at depth 1, A and B,
-# and point B/2 at depth B. A 1 TiB sparse disk with 4 MiB of data checks
+# and point B/2 at depth B. The machine's speed drifts from minute to
+# minute, so the two ratio goals are also measured in turn: cbtfs and the
+# ceiling read alternately, and depth 1 (a copy kept) and depth B read
+# alternately, five pairs each; their verdicts use the median of the pairs'
+# ratios. A 1 TiB sparse disk with 4 MiB of data checks
 # the cost of a no-change incremental, with an empty map and without a map.
 #
 # Prints the machine, progress, and one markdown table with PASS/FAIL
@@ -333,6 +337,52 @@ fio_iops() {
 COLD_DESC=
 declare -A RA_KB=()   # read-ahead (KiB) of each tool's FUSE mount
 SET_RA_KB=            # when set, mount_suite sets the mount's read-ahead to this
+
+# cold_once NAME FILE BYTES CMD...: one cold sequential read of FILE
+# (BYTES long) on a fresh mount of CMD with caches dropped; sets COLD_MBPS,
+# empty if the mount or the read failed.
+COLD_MBPS=
+cold_once() {
+    local name=$1 file=$2 bytes=$3 s
+    shift 3
+    COLD_MBPS=
+    drop_caches
+    srv_start "$name" "$MNT" "$@"
+    if wait_first_byte "$file"; then
+        sleep 0.2   # as in mount_suite: cbtfs raises its read-ahead on the side
+        s=$(timed_read "$file")
+        [[ -z $s ]] || COLD_MBPS=$(mbps "$bytes" "$s")
+    fi
+    srv_stop
+}
+
+# alternate_cold KEY LABEL_A FILE_A LABEL_B FILE_B BYTES -- CMD_A... -- CMD_B...:
+# PAIRS cold reads of A and B in turn, so that both see the same moments of
+# a machine whose speed drifts from minute to minute; records KEY as the
+# median of A's rate in % of B's over the pairs.
+PAIRS=5
+alternate_cold() {
+    local key=$1 la=$2 fa=$3 lb=$4 fb=$5 bytes=$6 r a b pcts=() cmd_a=() cmd_b=()
+    shift 7
+    while [[ $1 != -- ]]; do cmd_a+=("$1"); shift; done
+    shift
+    cmd_b=("$@")
+    for ((r = 1; r <= PAIRS; r++)); do
+        cold_once "$la-pair" "$fa" "$bytes" "${cmd_a[@]}"
+        a=$COLD_MBPS
+        cold_once "$lb-pair" "$fb" "$bytes" "${cmd_b[@]}"
+        b=$COLD_MBPS
+        if [[ -z $a || -z $b ]]; then
+            warn "pair $r of $la and $lb: a read failed; pair skipped"
+            continue
+        fi
+        pcts+=("$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.1f", 100 * a / b }')")
+        info "pair $r: $la $a MB/s, $lb $b MB/s ($la at ${pcts[-1]}%)"
+    done
+    [[ ${#pcts[@]} -gt 0 ]] || return 0
+    val "$key" cbtfs "$(median "${pcts[@]}")"
+    note "- $la against $lb, read cold in turn ($PAIRS pairs, fresh mounts): $la at ${pcts[*]} % of $lb; the verdict uses the median."
+}
 
 # Cold sequential reads are repeated for the fast mounts, each on a fresh
 # mount with caches dropped: the median counts.
@@ -637,6 +687,11 @@ mount_suite cbtfs "$NEWEST" "$MNT/$MACHINE/latest/$DISK.img" "$MNT" \
 # read-ahead), so the gap between the two is cbtfs's own cost.
 mount_suite ceiling - "$MNT/image" "$MNT" \
     "$CEILING_BIN" "$MNT" "$SIZE"
+# Both figures drift with the machine's load; the goal compares them read
+# in turn.
+section "Reads: cbtfs and the ceiling in turn"
+alternate_cold read_cold_pct cbtfs "$MNT/$MACHINE/latest/$DISK.img" ceiling "$MNT/image" "$SIZE" \
+    -- "$CBTFS" mount "$R_CBTFS" "$MNT" -- "$CEILING_BIN" "$MNT" "$SIZE"
 CEIL_STATS='{}'
 mount_suite restic "$NEWEST" "$MNT/snapshots/latest/disk.img" "$MNT" \
     restic -r "$R_RESTIC" mount "$MNT"
@@ -716,6 +771,8 @@ depth_reads() {
 }
 
 depth_reads 1
+# Kept to read depth 1 and depth B in turn at the end.
+cp -a "$DREPO" "$D/repo-depth1"
 TIMES=$D/ingest-times.tsv
 : >"$TIMES"
 t0=$(now)
@@ -733,6 +790,9 @@ DEPTH_BUILD=$(sum_of "$DEPTH_BUILD" "$(elapsed "$t0")")
 DSTATS=$(python3 "$SCRIPT_LIB/chainbuild.py" stats "$TIMES")
 info "depth $DEPTH_B reached in $DEPTH_BUILD s in all: $DSTATS"
 depth_reads B "$DEPTH_MID" "$D/mid.img"
+section "Chain depth: depth 1 and depth $DEPTH_B in turn"
+alternate_cold depthB_pct "depth-$DEPTH_B" "$MNT/$DMACH/latest/$DISK.img" depth-1 "$MNT/$DMACH/latest/$DISK.img" \
+    "$DEPTH_SIZE" -- "$CBTFS" mount "$DREPO" "$MNT" -- "$CBTFS" mount "$D/repo-depth1" "$MNT"
 jget() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$DSTATS" "$1"; }
 val depth_ingest_median_ms cbtfs "$(jget median_ms)"
 val depth_ingest_p95_ms cbtfs "$(jget p95_ms)"

@@ -12,7 +12,8 @@ use lru::LruCache;
 
 use crate::chain::{Chain, Location};
 use crate::error::Result;
-use crate::ids::{BlockId, LineageId};
+use crate::ids::{BlockId, Digest, LineageId};
+use crate::pack::FrameLoc;
 use crate::pack::PackReader;
 use crate::readahead::{self, ReadAhead, Stream};
 use crate::span::pieces;
@@ -143,33 +144,46 @@ impl ImageReader {
         let total = ps.last().map(|p| p.buf_offset + p.len).unwrap_or(0);
         let blocks: Vec<u64> = ps.iter().map(|p| p.block).collect();
         let locations = self.store.locate(self.lineage, self.seq, &blocks)?;
+        let bs = self.store.block_size as usize;
         let mut out = Vec::with_capacity(total);
         for (p, l) in ps.into_iter().zip(locations) {
-            match self.block(p.block, l)? {
+            match l {
                 None => out.resize(out.len() + p.len, 0),
-                Some(data) => out.extend_from_slice(&data[p.in_block..p.in_block + p.len]),
+                Some((id, loc, digest)) if p.len == bs && !self.store.cache.contains(&id) => {
+                    // A whole block, as sequential reads ask for: decompress
+                    // it straight into the reply, and do not cache it (the
+                    // kernel keeps the image's pages; a copy here would only
+                    // cost time and push out the blocks of partial reads).
+                    if loc.raw_len as usize != bs {
+                        return Err(short_frame(p.block, loc.raw_len as usize, bs));
+                    }
+                    self.store.packs.read_block_append(&loc, &digest, &mut out)?;
+                }
+                Some(found) => {
+                    let data = self.block(p.block, found)?;
+                    out.extend_from_slice(&data[p.in_block..p.in_block + p.len]);
+                }
             }
         }
         Ok(out)
     }
 
-    fn block(&self, block: u64, location: Location) -> Result<Option<Arc<Vec<u8>>>> {
-        let Some((id, loc, digest)) = location else {
-            return Ok(None);
-        };
+    /// A block through the cache: parts of blocks are read by random and
+    /// small reads, whose neighbours are likely to follow.
+    fn block(&self, block: u64, (id, loc, digest): (BlockId, FrameLoc, Digest)) -> Result<Arc<Vec<u8>>> {
         if let Some(b) = self.store.cache.lru.lock().unwrap().get(&id) {
-            return Ok(Some(b.clone()));
+            return Ok(b.clone());
         }
         let data = Arc::new(self.store.packs.read_block(&loc, &digest)?);
         if data.len() < self.store.block_size as usize {
-            // Frames hold whole blocks; a short one means a damaged index.
-            return Err(crate::error::Error::Input(format!(
-                "block {block}: stored frame is {} bytes, expected {}",
-                data.len(),
-                self.store.block_size
-            )));
+            return Err(short_frame(block, data.len(), self.store.block_size as usize));
         }
         self.store.cache.lru.lock().unwrap().put(id, data.clone());
-        Ok(Some(data))
+        Ok(data)
     }
+}
+
+/// Frames hold whole blocks; a shorter one means a damaged index.
+fn short_frame(block: u64, len: usize, block_size: usize) -> crate::error::Error {
+    crate::error::Error::Input(format!("block {block}: stored frame is {len} bytes, expected {block_size}"))
 }

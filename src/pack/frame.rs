@@ -92,6 +92,20 @@ fn checksum(header: &[u8], payload: &[u8]) -> u64 {
 /// pack file swapped or restored from elsewhere), which the checksum alone
 /// cannot: without it, such a read would return wrong bytes.
 pub fn decode(frame: &[u8], want_raw: u32, want_stored: u32, digest: &Digest) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::with_capacity(want_raw as usize);
+    decode_append(frame, want_raw, want_stored, digest, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode`], appending the block to `out`, so a read can decompress
+/// straight into its reply. On error `out` is left as it was.
+pub fn decode_append(
+    frame: &[u8],
+    want_raw: u32,
+    want_stored: u32,
+    digest: &Digest,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     if frame.len() < FRAME_HEADER_LEN || frame[..4] != FRAME_MAGIC {
         return Err(FrameError::BadMagic);
     }
@@ -115,17 +129,24 @@ pub fn decode(frame: &[u8], want_raw: u32, want_stored: u32, digest: &Digest) ->
         return Err(FrameError::WrongBlock);
     }
     match codec {
-        CODEC_RAW => Ok(payload.to_vec()),
+        CODEC_RAW => {
+            out.extend_from_slice(payload);
+            Ok(())
+        }
         CODEC_LZ4 => {
-            let out = lz4_flex::block::decompress(payload, raw_len as usize)
-                .map_err(|e| FrameError::Decompress(e.to_string()))?;
-            if out.len() != raw_len as usize {
-                return Err(FrameError::Decompress(format!(
-                    "{} bytes instead of {raw_len}",
-                    out.len()
-                )));
+            let start = out.len();
+            out.resize(start + raw_len as usize, 0);
+            match lz4_flex::block::decompress_into(payload, &mut out[start..]) {
+                Ok(n) if n == raw_len as usize => Ok(()),
+                Ok(n) => {
+                    out.truncate(start);
+                    Err(FrameError::Decompress(format!("{n} bytes instead of {raw_len}")))
+                }
+                Err(e) => {
+                    out.truncate(start);
+                    Err(FrameError::Decompress(e.to_string()))
+                }
             }
-            Ok(out)
         }
         other => Err(FrameError::BadCodec(other)),
     }

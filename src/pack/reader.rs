@@ -58,9 +58,14 @@ impl PackReader {
     }
 
     fn read_frame(&self, loc: &FrameLoc) -> Result<Vec<u8>, ReadError> {
-        let f = self.file(loc.pack)?;
         let mut buf = vec![0u8; FRAME_HEADER_LEN + loc.stored_len as usize];
-        f.read_exact_at(&mut buf, loc.offset).map_err(|source| {
+        self.read_frame_into(loc, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_frame_into(&self, loc: &FrameLoc, buf: &mut [u8]) -> Result<(), ReadError> {
+        let f = self.file(loc.pack)?;
+        f.read_exact_at(buf, loc.offset).map_err(|source| {
             if source.kind() == std::io::ErrorKind::UnexpectedEof {
                 // A truncated pack is damage, not a transient I/O problem.
                 self.damaged(loc, FrameError::LengthMismatch {
@@ -72,8 +77,7 @@ impl PackReader {
             } else {
                 ReadError::Io { path: pack_path(&self.repo, loc.pack), source }
             }
-        })?;
-        Ok(buf)
+        })
     }
 
     fn damaged(&self, loc: &FrameLoc, source: FrameError) -> ReadError {
@@ -104,6 +108,20 @@ impl PackReader {
     pub fn read_block(&self, loc: &FrameLoc, digest: &Digest) -> Result<Vec<u8>, ReadError> {
         let buf = self.read_frame(loc)?;
         frame::decode(&buf, loc.raw_len, loc.stored_len, digest).map_err(|e| self.damaged(loc, e))
+    }
+
+    /// [`PackReader::read_block`], appending the block to `out` (on error
+    /// `out` is unchanged). The frame goes through a buffer reused by the
+    /// calling thread, so a sequential read allocates nothing per block.
+    pub fn read_block_append(&self, loc: &FrameLoc, digest: &Digest, out: &mut Vec<u8>) -> Result<(), ReadError> {
+        thread_local! {
+            static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        FRAME.with_borrow_mut(|buf| {
+            buf.resize(FRAME_HEADER_LEN + loc.stored_len as usize, 0);
+            self.read_frame_into(loc, buf)?;
+            frame::decode_append(buf, loc.raw_len, loc.stored_len, digest, out).map_err(|e| self.damaged(loc, e))
+        })
     }
 
     /// Reads a block and also checks its content against its digest.
