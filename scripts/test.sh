@@ -17,6 +17,8 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v losetup >/dev/null || need+=(mount)
 command -v mountpoint >/dev/null || need+=(util-linux)
 command -v python3 >/dev/null || need+=(python3)
+# qemu-img, qemu-io, qemu-nbd and qemu-storage-daemon for the QEMU tests
+command -v qemu-storage-daemon >/dev/null && command -v qemu-nbd >/dev/null || need+=(qemu-utils)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -18,6 +18,7 @@ pub mod index;
 pub mod ingest;
 pub mod list;
 pub mod names;
+pub mod nbd;
 pub mod pack;
 pub mod ranges;
 pub mod readahead;

@@ -35,7 +35,8 @@ pub struct PointInfo {
     pub seq: i64,
     pub created: String,
     pub checkpoint: Option<String>,
-    /// "full" if every disk is full, "scan" if any disk was scanned, else "map".
+    /// "full" if every disk is full, "scan" if any disk was scanned, else
+    /// "map" if any disk was read by a map, else "bitmap".
     pub kind: String,
     pub disks: Vec<DiskInfo>,
 }
@@ -56,8 +57,10 @@ fn point_kind(disks: &[DiskInfo]) -> &'static str {
         "full"
     } else if disks.iter().any(|d| d.kind == "scan") {
         "scan"
-    } else {
+    } else if disks.iter().any(|d| d.kind == "map") {
         "map"
+    } else {
+        "bitmap"
     }
 }
 

@@ -12,13 +12,18 @@ pub struct Args {
     pub repo: PathBuf,
     /// Machine the restore point belongs to
     pub machine: String,
-    /// A disk of this point and its source (raw image file or block device); repeat per disk
+    /// A disk of this point and its source: a raw image file, a block device, a qcow2 image, or an
+    /// NBD export (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH); repeat per disk
     #[arg(long = "disk", value_name = "NAME=SOURCE", required = true)]
     pub disks: Vec<String>,
     /// Changed-block map (JSON [{"offset":BYTES,"length":BYTES},...]) of a disk since --since
     #[arg(long = "changes", value_name = "NAME=MAPFILE")]
     pub changes: Vec<String>,
-    /// Checkpoint the maps are relative to; must be the latest point's checkpoint to be trusted
+    /// QEMU dirty bitmap of a disk (qcow2 or NBD source) holding the changes since checkpoint
+    /// BITMAP (or since --since, if given)
+    #[arg(long = "bitmap", value_name = "NAME=BITMAP")]
+    pub bitmaps: Vec<String>,
+    /// Checkpoint the maps or bitmaps are relative to; must be the latest point's checkpoint to be trusted
     #[arg(long, value_name = "CHECKPOINT")]
     pub since: Option<String>,
     /// Checkpoint id of this point (unique per machine); later maps are relative to it
@@ -47,6 +52,11 @@ pub fn run(a: Args) -> super::Outcome {
         machine: a.machine.clone(),
         disks: a.disks.iter().map(|s| split_pair("disk", s)).collect::<anyhow::Result<_>>()?,
         changes: a.changes.iter().map(|s| split_pair("changes", s)).collect::<anyhow::Result<_>>()?,
+        bitmaps: a
+            .bitmaps
+            .iter()
+            .map(|s| split_pair("bitmap", s).map(|(n, b)| (n, b.to_string_lossy().into_owned())))
+            .collect::<anyhow::Result<_>>()?,
         since: a.since.clone(),
         checkpoint: a.checkpoint.clone(),
         full: a.full,

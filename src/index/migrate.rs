@@ -6,7 +6,8 @@ use rusqlite::{Connection, TransactionBehavior};
 
 /// Every migration in order; entry i brings the schema to version i + 1.
 /// Append only.
-pub const MIGRATIONS: &[&str] = &[include_str!("../../schema/0001_init.sql")];
+pub const MIGRATIONS: &[&str] =
+    &[include_str!("../../schema/0001_init.sql"), include_str!("../../schema/0002_bitmap_kind.sql")];
 
 /// Schema version this build writes and understands.
 pub fn latest_version() -> u32 {
@@ -55,6 +56,32 @@ mod tests {
         assert_eq!(v, latest_version());
         let n: i64 = c.query_row("SELECT count(*) FROM machines", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 1, "a second migration must not touch data");
+    }
+
+    /// A version-1 index with data, migrated: rows kept, and the new kind
+    /// accepted where version 1 refused it.
+    #[test]
+    fn version_1_index_migrates_with_its_rows() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.execute_batch(
+            "INSERT INTO machines(id, name) VALUES (1, 'vm1');
+             INSERT INTO points(id, machine_id, seq, created, checkpoint) VALUES (1, 1, 1, 0, 'c1');
+             INSERT INTO lineages(id, machine_id, disk_name) VALUES (1, 1, 'sda');
+             INSERT INTO point_disks(point_id, name, lineage_id, size, kind, reason, blocks_read, blocks_stored, bytes_stored)
+                 VALUES (1, 'sda', 1, 4096, 'scan', 'no map', 1, 1, 100);",
+        )
+        .unwrap();
+        let bitmap_row = "INSERT INTO point_disks(point_id, name, lineage_id, size, kind, reason, blocks_read, blocks_stored, bytes_stored)
+                          VALUES (1, 'sdb', 1, 4096, 'bitmap', NULL, 1, 1, 100)";
+        assert!(c.execute(bitmap_row, []).is_err(), "version 1 refuses kind bitmap");
+        migrate(&mut c).unwrap();
+        let (kind, reason): (String, String) =
+            c.query_row("SELECT kind, reason FROM point_disks WHERE name = 'sda'", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!((kind.as_str(), reason.as_str()), ("scan", "no map"));
+        c.execute(bitmap_row, []).unwrap();
+        assert!(c.execute(&bitmap_row.replace("'bitmap'", "'other'").replace("'sdb'", "'sdc'"), []).is_err());
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! - *map*: the map is tied to the chain (`--since` is the latest point's
 //!   checkpoint); only blocks overlapping its extents are read, plus any
 //!   region the disk grew by.
+//! - *bitmap*: the same, with the changed extents taken from a QEMU dirty
+//!   bitmap of a qcow2 image or NBD export. A bitmap is relative to the
+//!   checkpoint named by `--since`, or without it to the checkpoint of its
+//!   own name (the convention of oVirt and Proxmox: a bitmap is created
+//!   with, and named after, the checkpoint it counts changes from). It is
+//!   used only when enabled, saved cleanly and tied to the chain.
 //! - *scan*: no trustworthy map; every allocated block is read and stored
 //!   only if it differs from the previous point; holes become zero where
 //!   the previous point had data.
@@ -40,6 +46,8 @@ pub struct Request {
     pub machine: String,
     pub disks: Vec<(String, PathBuf)>,
     pub changes: Vec<(String, PathBuf)>,
+    /// Dirty bitmaps: (disk, bitmap name).
+    pub bitmaps: Vec<(String, String)>,
     pub since: Option<String>,
     pub checkpoint: Option<String>,
     pub full: bool,
@@ -49,6 +57,7 @@ pub struct Request {
 pub enum Kind {
     Full,
     Map,
+    Bitmap,
     Scan,
 }
 
@@ -57,6 +66,7 @@ impl Kind {
         match self {
             Kind::Full => "full",
             Kind::Map => "map",
+            Kind::Bitmap => "bitmap",
             Kind::Scan => "scan",
         }
     }
@@ -78,7 +88,7 @@ pub struct DiskPlan {
     /// Why a scan happens (shown to the user and kept in the index).
     pub reason: Option<String>,
     pub prev: Option<Previous>,
-    /// Changed byte ranges, for kind Map.
+    /// Changed byte ranges, for kinds Map and Bitmap.
     pub changed: Option<RangeSet>,
 }
 
@@ -138,6 +148,22 @@ fn check_request(req: &Request) -> Result<()> {
             return Err(Error::Input(format!("disk {name} has two maps; give one --changes per disk")));
         }
     }
+    let mut with_bitmap = HashSet::new();
+    for (name, bitmap) in &req.bitmaps {
+        if !seen.contains(name.as_str()) {
+            return Err(Error::Input(format!(
+                "bitmap {bitmap} is for disk {name}, which is not in this ingest; add --disk {name}=SOURCE or drop the bitmap"
+            )));
+        }
+        if mapped.contains(name.as_str()) {
+            return Err(Error::Input(format!("disk {name} has a map and a bitmap; give one of --changes and --bitmap")));
+        }
+        if !with_bitmap.insert(name.as_str()) {
+            return Err(Error::Input(format!("disk {name} has two bitmaps; give one --bitmap per disk")));
+        }
+        // Bitmap names double as checkpoint names: the same rules.
+        check_checkpoint(bitmap)?;
+    }
     if let Some(c) = &req.checkpoint {
         check_checkpoint(c)?;
     }
@@ -169,17 +195,25 @@ pub fn plan(repo: &Repo, req: &Request) -> Result<Plan> {
         None => Vec::new(),
     };
     let latest_cp = latest.as_ref().and_then(|p| p.checkpoint.clone());
-    let tied = match (&req.since, &latest_cp) {
-        (Some(s), Some(l)) => s == l,
-        _ => false,
+    let is_latest = |since: Option<&str>| matches!((since, &latest_cp), (Some(s), Some(l)) if s == l);
+    let untied = |what: &str, since: Option<&str>| match since {
+        None => format!("the {what} is not tied to a checkpoint (no --since)"),
+        Some(s) => format!(
+            "the {what} is relative to checkpoint {s}, but the latest restore point {}",
+            match &latest_cp {
+                Some(c) => format!("has checkpoint {c}"),
+                None => "has no checkpoint".to_string(),
+            }
+        ),
     };
 
     let mut warnings = Vec::new();
     let mut disks = Vec::new();
     for (name, path) in &req.disks {
-        let source = Source::open(name, path)?;
+        let bitmap = req.bitmaps.iter().find(|(n, _)| n == name).map(|(_, b)| b.as_str());
+        let source = Source::open(name, path, bitmap)?;
         let map_path = req.changes.iter().find(|(n, _)| n == name).map(|(_, p)| p);
-        let changed = match map_path {
+        let mut changed = match map_path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| {
                     Error::Input(format!("disk {name}: cannot read map {}: {e}", p.display()))
@@ -197,33 +231,35 @@ pub fn plan(repo: &Repo, req: &Request) -> Result<Plan> {
             size: d.size,
         });
         let (kind, reason) = if req.full || prev.is_none() {
-            if changed.is_some() {
+            if let Some(what) = if changed.is_some() { Some("map") } else { bitmap.map(|_| "bitmap") } {
                 warnings.push(format!(
-                    "disk {name}: map ignored: {}",
+                    "disk {name}: {what} ignored: {}",
                     if req.full { "--full was given" } else { "the disk has no previous version, so this is a full backup" }
                 ));
             }
             (Kind::Full, None)
-        } else if changed.is_some() && tied {
+        } else if let Some(b) = bitmap {
+            // Relative to --since, or to the checkpoint it is named after.
+            let since = req.since.as_deref().or(Some(b));
+            match &source.bitmap {
+                Some(Ok(dirty)) if is_latest(since) => {
+                    changed = Some(dirty.clone());
+                    (Kind::Bitmap, None)
+                }
+                Some(Ok(_)) => (Kind::Scan, Some(untied(&format!("bitmap {b}"), since))),
+                Some(Err(why)) => (Kind::Scan, Some(why.clone())),
+                None => (Kind::Scan, Some(format!("bitmap {b} could not be read"))),
+            }
+        } else if changed.is_some() && is_latest(req.since.as_deref()) {
             (Kind::Map, None)
+        } else if changed.is_none() {
+            (Kind::Scan, Some("no changed-block map was given".to_string()))
         } else {
-            let why = if changed.is_none() {
-                "no changed-block map was given".to_string()
-            } else if req.since.is_none() {
-                "the map is not tied to a checkpoint (no --since)".to_string()
-            } else {
-                format!(
-                    "the map is relative to checkpoint {}, but the latest restore point {}",
-                    req.since.as_deref().unwrap_or_default(),
-                    match &latest_cp {
-                        Some(c) => format!("has checkpoint {c}"),
-                        None => "has no checkpoint".to_string(),
-                    }
-                )
-            };
-            warnings.push(format!("disk {name}: full scan: {why}; reading the whole disk"));
-            (Kind::Scan, Some(why))
+            (Kind::Scan, Some(untied("map", req.since.as_deref())))
         };
+        if let (Kind::Scan, Some(why)) = (kind, &reason) {
+            warnings.push(format!("disk {name}: full scan: {why}; reading the whole disk"));
+        }
         disks.push(DiskPlan { name: name.clone(), source, kind, reason, prev: if kind == Kind::Full { None } else { prev }, changed });
     }
     Ok(Plan {

@@ -1,89 +1,204 @@
 //! Disk sources: raw image files and block devices, read with positional
-//! reads. Allocation comes from SEEK_DATA/SEEK_HOLE, so a sparse file's
-//! holes are never read; where the kernel cannot tell (block devices, some
-//! filesystems), everything counts as data and zero blocks are detected by
-//! content instead.
+//! reads; NBD exports; and qcow2 images, served to cbtfs by a `qemu-nbd`
+//! it starts and stops itself.
+//!
+//! Allocation comes from SEEK_DATA/SEEK_HOLE for files and from the
+//! `base:allocation` context for NBD, so holes are never read; where
+//! neither can tell, everything counts as data and zero blocks are
+//! detected by content instead. Changed blocks can come from a QEMU dirty
+//! bitmap (`qemu:dirty-bitmap:NAME`) of an NBD export or a qcow2 image.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::unistd::{Whence, lseek};
 
 use crate::error::{Error, Result};
+use crate::nbd::{NbdClient, NbdUri, proto};
 use crate::ranges::RangeSet;
 
+mod qemu;
+
 pub struct Source {
+    /// What the user named: a path, or an NBD URI.
     pub path: PathBuf,
-    file: File,
     pub size: u64,
+    backend: Backend,
+    /// The dirty bitmap asked for: its dirty byte ranges, or why it cannot
+    /// be used (then the disk is scanned).
+    pub bitmap: Option<std::result::Result<RangeSet, String>>,
 }
 
+enum Backend {
+    File(File),
+    Nbd {
+        client: Arc<Mutex<NbdClient>>,
+        /// The qemu-nbd serving a qcow2 image, stopped on drop.
+        _server: Option<qemu::QemuNbd>,
+    },
+}
+
+/// The metadata context of dirty bitmap `name`.
+pub fn bitmap_context(name: &str) -> String {
+    format!("qemu:dirty-bitmap:{name}")
+}
+
+const ALLOCATION: &str = "base:allocation";
+
 impl Source {
-    pub fn open(disk: &str, path: &Path) -> Result<Source> {
-        let file = File::open(path).map_err(|e| {
-            Error::Input(format!("disk {disk}: cannot open source {}: {e}", path.display()))
+    /// Opens the source of `disk`: an NBD URI, a qcow2 image or a raw
+    /// image or block device; with `bitmap`, also finds that dirty
+    /// bitmap's changed ranges (qcow2 and NBD sources only).
+    pub fn open(disk: &str, spec: &Path, bitmap: Option<&str>) -> Result<Source> {
+        let text = spec.to_string_lossy();
+        if NbdUri::looks_like(&text) {
+            let uri = NbdUri::parse(&text).map_err(|e| Error::Input(format!("disk {disk}: {e}")))?;
+            return Source::open_nbd(disk, spec, &uri, bitmap, None);
+        }
+        let file = File::open(spec).map_err(|e| {
+            Error::Input(format!("disk {disk}: cannot open source {}: {e}", spec.display()))
         })?;
         let meta = file.metadata().map_err(|e| {
-            Error::Input(format!("disk {disk}: cannot stat source {}: {e}", path.display()))
+            Error::Input(format!("disk {disk}: cannot stat source {}: {e}", spec.display()))
         })?;
         let ft = meta.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
             return Err(Error::Input(format!(
                 "disk {disk}: source {} is not a regular file or a block device",
-                path.display()
+                spec.display()
             )));
         }
         let mut f = &file;
         let size = f.seek(SeekFrom::End(0)).map_err(|e| {
-            Error::Input(format!("disk {disk}: cannot size source {}: {e}", path.display()))
+            Error::Input(format!("disk {disk}: cannot size source {}: {e}", spec.display()))
         })?;
         // Fail now, not halfway through the ingest, if reads are refused.
-        let mut probe = [0u8; 1];
+        let mut magic = [0u8; 4];
         if size > 0 {
-            file.read_exact_at(&mut probe, 0).map_err(|e| {
-                Error::Input(format!("disk {disk}: cannot read source {}: {e}", path.display()))
+            let n = (size as usize).min(4);
+            file.read_exact_at(&mut magic[..n], 0).map_err(|e| {
+                Error::Input(format!("disk {disk}: cannot read source {}: {e}", spec.display()))
             })?;
         }
-        Ok(Source { path: path.to_path_buf(), file, size })
+        if ft.is_file() && magic == qemu::QCOW2_MAGIC {
+            drop(file);
+            return Source::open_qcow2(disk, spec, bitmap);
+        }
+        if let Some(b) = bitmap {
+            return Err(Error::Input(format!(
+                "disk {disk}: --bitmap {b} needs a qcow2 image or an NBD export as source, and {} is a raw image; give a --changes map instead",
+                spec.display()
+            )));
+        }
+        Ok(Source { path: spec.to_path_buf(), size, backend: Backend::File(file), bitmap: None })
     }
 
-    pub fn try_clone(&self) -> Result<File> {
-        self.file
-            .try_clone()
-            .map_err(|e| Error::io(format!("cannot reopen {}", self.path.display()), e))
+    fn open_qcow2(disk: &str, path: &Path, bitmap: Option<&str>) -> Result<Source> {
+        let info = qemu::Qcow2Info::read(path).map_err(|e| Error::Input(format!("disk {disk}: {e}")))?;
+        // Export the bitmap only if it can be trusted; say why not otherwise.
+        let (export_bitmap, unusable) = match bitmap {
+            None => (None, None),
+            Some(b) => match info.bitmap_problem(b) {
+                None => (Some(b), None),
+                Some(why) => (None, Some(why)),
+            },
+        };
+        let server = qemu::QemuNbd::start(path, export_bitmap).map_err(|e| Error::Input(format!("disk {disk}: {e}")))?;
+        let uri = server.uri();
+        let mut src = Source::open_nbd(disk, path, &uri, export_bitmap, Some(server))?;
+        if let Some(why) = unusable {
+            src.bitmap = Some(Err(why));
+        }
+        Ok(src)
     }
 
-    /// A reader of this source, with direct I/O where the kernel allows it.
+    fn open_nbd(
+        disk: &str,
+        shown: &Path,
+        uri: &NbdUri,
+        bitmap: Option<&str>,
+        server: Option<qemu::QemuNbd>,
+    ) -> Result<Source> {
+        let nbd_err = |e: crate::nbd::NbdError| Error::Input(format!("disk {disk}: {e}"));
+        let mut contexts = vec![ALLOCATION.to_string()];
+        if let Some(b) = bitmap {
+            contexts.push(bitmap_context(b));
+        }
+        let mut client = NbdClient::connect(uri, &contexts).map_err(nbd_err)?;
+        let bitmap = match bitmap {
+            None => None,
+            Some(b) => Some(match client.context(&bitmap_context(b)) {
+                None => Err(format!("the NBD export has no dirty bitmap {b}")),
+                Some(ctx) => Ok(RangeSet::from_ranges(
+                    client.ranges_where(ctx, |f| f & proto::STATE_DIRTY != 0).map_err(nbd_err)?,
+                )),
+            }),
+        };
+        Ok(Source {
+            path: shown.to_path_buf(),
+            size: client.size(),
+            backend: Backend::Nbd { client: Arc::new(Mutex::new(client)), _server: server },
+            bitmap,
+        })
+    }
+
+    /// A reader of this source; files are read with direct I/O where the
+    /// kernel allows it (see [`SourceReader`]).
     pub fn reader(&self) -> Result<SourceReader> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
+        let file = match &self.backend {
+            Backend::File(f) => f,
+            Backend::Nbd { client, .. } => {
+                return Ok(SourceReader { inner: Inner::Nbd(client.clone()), size: self.size });
+            }
+        };
+        let buffered = file.try_clone().map_err(|e| Error::io(format!("cannot reopen {}", self.path.display()), e))?;
         // The same open file, not the same path: the path may have been
         // replaced since it was opened.
         let direct = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
-            .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+            .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .inspect_err(|e| log::debug!("no direct I/O on {}: {e}", self.path.display()))
             .ok();
-        Ok(SourceReader { buffered: self.try_clone()?, direct, size: self.size })
+        Ok(SourceReader { inner: Inner::File { buffered, direct }, size: self.size })
     }
 
     /// Byte ranges that may hold data. Holes are certainly zero.
     pub fn allocated(&self) -> Result<RangeSet> {
+        match &self.backend {
+            Backend::File(f) => self.allocated_file(f),
+            Backend::Nbd { client, .. } => {
+                let mut c = client.lock().unwrap();
+                let Some(ctx) = c.context(ALLOCATION) else { return Ok(RangeSet::single(0..self.size)) };
+                // Anything not known to read as zeros may hold data (a
+                // hole without the zero flag can read from a backing file).
+                let runs = c
+                    .ranges_where(ctx, |f| f & proto::STATE_ZERO == 0)
+                    .map_err(|e| Error::Input(format!("cannot map allocation of {}: {e}", self.path.display())))?;
+                Ok(RangeSet::from_ranges(runs))
+            }
+        }
+    }
+
+    fn allocated_file(&self, file: &File) -> Result<RangeSet> {
         let whole = RangeSet::single(0..self.size);
-        let mut runs = Vec::new();
+        let mut runs: Vec<Range<u64>> = Vec::new();
         let mut pos: i64 = 0;
         let size = self.size as i64;
         while pos < size {
             // None: the kernel cannot tell data from holes here.
-            let Some(data) = self.seek(pos, Whence::SeekData)? else { return Ok(whole) };
+            let Some(data) = self.seek(file, pos, Whence::SeekData)? else { return Ok(whole) };
             if data >= size {
                 break;
             }
-            let Some(hole) = self.seek(data, Whence::SeekHole)? else { return Ok(whole) };
+            let Some(hole) = self.seek(file, data, Whence::SeekHole)? else { return Ok(whole) };
             let hole = hole.min(size);
             if hole <= data {
                 // A filesystem answering nonsense: be safe, read it all.
@@ -99,8 +214,8 @@ impl Source {
 impl Source {
     /// One SEEK_DATA/SEEK_HOLE step. ENXIO (no more data after `pos`) maps
     /// to the end of the file; `None` means the call is unsupported here.
-    fn seek(&self, pos: i64, whence: Whence) -> Result<Option<i64>> {
-        match lseek(&self.file, pos, whence) {
+    fn seek(&self, file: &File, pos: i64, whence: Whence) -> Result<Option<i64>> {
+        match lseek(file, pos, whence) {
             Ok(p) => Ok(Some(p)),
             Err(Errno::ENXIO) => Ok(Some(self.size as i64)),
             Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => Ok(None),
@@ -115,9 +230,14 @@ impl Source {
 /// the disk in the page cache (it would only evict the guests' data).
 /// Falls back to buffered reads where direct I/O is refused.
 pub struct SourceReader {
-    buffered: File,
-    direct: Option<File>,
+    inner: Inner,
     size: u64,
+}
+
+enum Inner {
+    File { buffered: File, direct: Option<File> },
+    /// One connection, shared by the reader threads in turn.
+    Nbd(Arc<Mutex<NbdClient>>),
 }
 
 impl SourceReader {
@@ -125,19 +245,29 @@ impl SourceReader {
     /// With direct I/O, `buf` and `offset` must be aligned to
     /// [`AlignedBuf::ALIGN`], as the batches are.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        if let Some(d) = &self.direct {
-            match read_direct(d, offset, self.size, buf) {
-                Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
-                    log::debug!("direct read refused ({e}); reading through the page cache");
+        match &self.inner {
+            Inner::File { buffered, direct } => {
+                if let Some(d) = direct {
+                    match read_direct(d, offset, self.size, buf) {
+                        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                            log::debug!("direct read refused ({e}); reading through the page cache");
+                        }
+                        other => return other,
+                    }
                 }
-                other => return other,
+                read_padded(buffered, offset, self.size, buf)
+            }
+            Inner::Nbd(client) => {
+                let avail = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+                client.lock().unwrap().read(offset, &mut buf[..avail]).map_err(std::io::Error::other)?;
+                buf[avail..].fill(0);
+                Ok(())
             }
         }
-        read_padded(&self.buffered, offset, self.size, buf)
     }
 
     pub fn is_direct(&self) -> bool {
-        self.direct.is_some()
+        matches!(&self.inner, Inner::File { direct: Some(_), .. })
     }
 }
 
@@ -218,7 +348,7 @@ mod tests {
         f.write_all_at(&[2u8; 4096], 32 << 20).unwrap();
         (&f).flush().unwrap();
         f.sync_all().unwrap();
-        let s = Source::open("sda", &p).unwrap();
+        let s = Source::open("sda", &p, None).unwrap();
         assert_eq!(s.size, 64 << 20);
         let a = s.allocated().unwrap();
         assert!(a.len() < 8 << 20, "holes must not count as data: {a:?}");
@@ -230,8 +360,8 @@ mod tests {
     #[test]
     fn missing_and_wrong_sources_are_input_errors() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(Source::open("sda", &dir.path().join("nope")), Err(Error::Input(_))));
-        assert!(matches!(Source::open("sda", dir.path()), Err(Error::Input(_))));
+        assert!(matches!(Source::open("sda", &dir.path().join("nope"), None), Err(Error::Input(_))));
+        assert!(matches!(Source::open("sda", dir.path(), None), Err(Error::Input(_))));
     }
 
     #[test]
@@ -245,7 +375,7 @@ mod tests {
         // An odd size: the last block is partial.
         let data: Vec<u8> = (0..(3 * 65536 + 1000)).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&p, &data).unwrap();
-        let src = Source::open("sda", &p).unwrap();
+        let src = Source::open("sda", &p, None).unwrap();
         let r = src.reader().unwrap();
         assert!(r.is_direct(), "ext4 and xfs allow direct I/O");
         let mut buf = AlignedBuf::new(2 * 65536);

@@ -137,8 +137,8 @@ impl<'a> BlockStore<'a> {
         let all = RangeSet::single(0..nblocks);
         let candidates = match d.kind {
             Kind::Full | Kind::Scan => all.clone(),
-            Kind::Map => {
-                let mut c = d.changed.as_ref().expect("map plan has a map").to_blocks(bs);
+            Kind::Map | Kind::Bitmap => {
+                let mut c = d.changed.as_ref().expect("map and bitmap plans have changed ranges").to_blocks(bs);
                 if let Some(p) = &d.prev
                     && size > p.size {
                         // Grown region, from the old last (maybe partial) block.

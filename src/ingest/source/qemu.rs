@@ -1,0 +1,155 @@
+//! qcow2 images as sources: `qemu-img info` tells their bitmaps, and a
+//! private `qemu-nbd` serves the image (read-only, on a socket in a fresh
+//! directory) for as long as the ingest reads it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::nbd::{Addr, NbdUri};
+
+pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
+/// How long qemu-nbd may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What cbtfs needs to know of a qcow2 image before reading it.
+pub struct Qcow2Info {
+    path: PathBuf,
+    /// Persistent bitmaps: (name, flags such as "auto" and "in-use").
+    bitmaps: Vec<(String, Vec<String>)>,
+}
+
+impl Qcow2Info {
+    pub fn read(path: &Path) -> Result<Qcow2Info, String> {
+        let out = Command::new("qemu-img")
+            .args(["info", "--output=json", "-f", "qcow2"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run qemu-img to read {} ({e}); qcow2 sources need qemu-utils", path.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "qemu-img cannot read {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("qemu-img info of {} is not JSON: {e}", path.display()))?;
+        let bitmaps = v["format-specific"]["data"]["bitmaps"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| {
+                        let name = b["name"].as_str()?.to_string();
+                        let flags = b["flags"]
+                            .as_array()
+                            .map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                            .unwrap_or_default();
+                        Some((name, flags))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Qcow2Info { path: path.to_path_buf(), bitmaps })
+    }
+
+    /// Why bitmap `name` cannot be trusted to hold every change since it
+    /// was created, or `None` if it can: it must exist, be enabled (the
+    /// `auto` flag: QEMU records writes in it) and have been saved cleanly
+    /// (no `in-use` flag, which a QEMU that died leaves behind).
+    pub fn bitmap_problem(&self, name: &str) -> Option<String> {
+        let shown = self.path.display();
+        let Some((_, flags)) = self.bitmaps.iter().find(|(n, _)| n == name) else {
+            return Some(format!("{shown} has no dirty bitmap {name}"));
+        };
+        if flags.iter().any(|f| f == "in-use") {
+            return Some(format!(
+                "dirty bitmap {name} of {shown} is marked in use (QEMU did not close the image cleanly), so it may lack changes"
+            ));
+        }
+        if !flags.iter().any(|f| f == "auto") {
+            return Some(format!("dirty bitmap {name} of {shown} is disabled, so it does not record every change"));
+        }
+        None
+    }
+}
+
+/// A qemu-nbd child serving one image; stopped and cleaned up on drop.
+pub struct QemuNbd {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+/// The export name cbtfs gives the image.
+const EXPORT: &str = "disk";
+
+impl QemuNbd {
+    pub fn start(image: &Path, bitmap: Option<&str>) -> Result<QemuNbd, String> {
+        let dir = private_dir().map_err(|e| format!("cannot create a directory for qemu-nbd's socket: {e}"))?;
+        let socket = dir.join("nbd.sock");
+        let mut cmd = Command::new("qemu-nbd");
+        // --persistent: it must not exit when the start-up probe below
+        // disconnects; it is stopped on drop.
+        cmd.args(["--read-only", "--persistent", "--format=qcow2", "--shared=2", "--export-name", EXPORT, "--socket"])
+            .arg(&socket);
+        if let Some(b) = bitmap {
+            cmd.arg("--bitmap").arg(b);
+        }
+        cmd.arg(image).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(format!("cannot run qemu-nbd ({e}); qcow2 sources need qemu-utils"));
+            }
+        };
+        let mut server = QemuNbd { child, dir, socket };
+        let started = Instant::now();
+        // The socket file appears before qemu-nbd listens: wait until a
+        // connection is accepted.
+        while std::os::unix::net::UnixStream::connect(&server.socket).is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = server.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return Err(format!("qemu-nbd could not serve {} ({status}): {}", image.display(), err.trim()));
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(format!("qemu-nbd did not start serving {} within {START_TIMEOUT:?}", image.display()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(server)
+    }
+
+    pub fn uri(&self) -> NbdUri {
+        NbdUri { addr: Addr::Unix(self.socket.clone()), export: EXPORT.to_string() }
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A new directory only this user can enter, under the temporary directory.
+fn private_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    for n in 0..1000u32 {
+        let d = base.join(format!("cbtfs-nbd-{}-{n}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&d) {
+            Ok(()) => return Ok(d),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free name"))
+}

@@ -1,0 +1,399 @@
+//! Changed block tracking from QEMU, with the real QEMU tools: qcow2
+//! images with persistent dirty bitmaps, changes made through QEMU (so the
+//! bitmaps record them), exports over NBD by qemu-nbd, and what must
+//! happen when a bitmap cannot be trusted or the server misbehaves.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::Duration;
+
+/// A QEMU process (qemu-nbd or qemu-storage-daemon) killed on drop.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn spawn(prog: &str, args: &[&str]) -> Daemon {
+        let child = Command::new(prog)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
+        Daemon { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks the daemon to exit (SIGTERM) and waits for it, so that QEMU
+    /// saves its persistent bitmaps; kills it if it does not exit.
+    fn stop(&mut self) {
+        send_signal(self.child.id(), "TERM");
+        let exited = wait_until(Duration::from_secs(20), || matches!(self.child.try_wait(), Ok(Some(_))));
+        assert!(exited, "QEMU did not exit on SIGTERM");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// qemu-nbd serving `image` read-only on a unix socket, with `bitmap`
+/// exported; returns the daemon and the URI of the export.
+fn qemu_nbd(image: &Path, socket: &Path, export: &str, bitmap: Option<&str>) -> (Daemon, String) {
+    let (img, sock) = (p(image), p(socket));
+    let mut args = vec!["--read-only", "--persistent", "--format=qcow2", "--socket", &sock, "--export-name", export, "--shared=4"];
+    if let Some(b) = bitmap {
+        args.extend(["--bitmap", b]);
+    }
+    args.push(&img);
+    let d = Daemon::spawn("qemu-nbd", &args);
+    let listening = || std::os::unix::net::UnixStream::connect(socket).is_ok();
+    assert!(wait_until(Duration::from_secs(10), listening), "qemu-nbd did not start");
+    (d, format!("nbd+unix:///{export}?socket={sock}"))
+}
+
+/// Runs `f` on the filesystem of qcow2 `image`, written through QEMU (a
+/// writable FUSE export by qemu-storage-daemon, loop-mounted), so that the
+/// image's enabled dirty bitmaps record every change.
+fn through_qemu<R>(image: &Path, s: &Scratch, tag: &str, f: impl FnOnce(&Path) -> R) -> R {
+    let export = s.path(&format!("export-{tag}.img"));
+    fs::write(&export, b"").unwrap();
+    let blockdev = format!(
+        r#"{{"driver":"qcow2","node-name":"top","file":{{"driver":"file","filename":"{}"}}}}"#,
+        p(image)
+    );
+    let fuse = format!("type=fuse,id=e,node-name=top,mountpoint={},writable=on", p(&export));
+    let mut qsd = Daemon::spawn("qemu-storage-daemon", &["--blockdev", &blockdev, "--export", &fuse]);
+    assert!(
+        wait_until(Duration::from_secs(10), || mount_fstype(&export).is_some_and(|t| t.starts_with("fuse"))),
+        "qemu-storage-daemon did not export {}",
+        image.display()
+    );
+    let r = with_loop_rw(&export, &s.mnt(tag), f);
+    // A clean exit writes the bitmaps back; a killed QEMU leaves them
+    // marked in use (which cbtfs refuses to trust).
+    qsd.stop();
+    r
+}
+
+fn to_raw(image: &Path, raw: &Path) {
+    sh("qemu-img", &["convert", "-f", "qcow2", "-O", "raw", &p(image), &p(raw)]);
+}
+
+fn bitmap_add(image: &Path, name: &str) {
+    sh("qemu-img", &["bitmap", "--add", &p(image), name]);
+}
+
+fn qemu_io_write(image: &Path, pattern: u8, offset: u64, len: u64) {
+    sh(
+        "qemu-io",
+        &["-f", "qcow2", "-c", &format!("write -P {pattern:#x} {offset} {len}"), &p(image)],
+    );
+}
+
+fn disk_json(out: &Out, disk: &str) -> Value {
+    let v = out.stdout_json();
+    v["disks"].as_array().unwrap().iter().find(|d| d["name"] == disk).cloned().unwrap_or_else(|| panic!("no disk {disk}: {v}"))
+}
+
+/// A qcow2 image of `size` bytes whose first 48 MiB hold an ext4
+/// filesystem with a few files (the rest stays free for raw writes).
+fn qcow2_with_ext4(s: &Scratch, size: u64, tree: &mut Tree) -> PathBuf {
+    let raw = s.path("seed.raw");
+    set_size(&raw, size);
+    sh("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", &p(&raw), "48M"]);
+    let mut rng = Rng::new(41);
+    with_loop_rw(&raw, &s.mnt("seed"), |root| {
+        put(root, tree, "etc/hostname", b"vm1\n".to_vec());
+        put(root, tree, "data/random.bin", rng.bytes(5 << 20));
+        put(root, tree, "data/text.log", "line of a log file\n".repeat(40_000).into_bytes());
+    });
+    let q = s.path("disk.qcow2");
+    sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&q)]);
+    q
+}
+
+#[test]
+fn qcow2_bitmap_chain_reads_back_exactly() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let size: u64 = 64 << 20;
+    let mut tree = Tree::new();
+    let q = qcow2_with_ext4(&s, size, &mut tree);
+    let mut states = Vec::new();
+    let mut trees = Vec::new();
+
+    // Full, from the qcow2 file (cbtfs runs qemu-nbd itself); it starts
+    // checkpoint c1, whose bitmap counts changes from here on.
+    bitmap_add(&q, "c1");
+    let out = Ingest::new(&repo, "vm1").disk("sda", &q).checkpoint("c1").arg("--json").run().ok();
+    let d = disk_json(&out, "sda");
+    assert_eq!(d["kind"], "full", "{d}");
+    let blocks = size / 65536;
+    assert!(d["blocks_read"].as_u64().unwrap() < blocks / 2, "a full reads only allocated clusters: {d}");
+    states.push(s.path("state0.raw"));
+    to_raw(&q, &states[0]);
+    trees.push(tree.clone());
+
+    // Filesystem changes made through QEMU; bitmap c1 records them.
+    let mut rng = Rng::new(42);
+    through_qemu(&q, &s, "change1", |root| {
+        patch(root, &mut tree, "data/random.bin", 1 << 20, &rng.bytes(300_000));
+        put(root, &mut tree, "data/new.bin", rng.bytes(700_000));
+        remove(root, &mut tree, "etc/hostname");
+        append(root, &mut tree, "data/text.log", b"one more line\n");
+    });
+    bitmap_add(&q, "c2");
+    let out = Ingest::new(&repo, "vm1").disk("sda", &q).arg("--bitmap").arg("sda=c1").checkpoint("c2").arg("--json").run().ok();
+    assert!(!out.warns_full_scan("sda"), "a tied, enabled bitmap must be used:\n{}", out.describe());
+    let d = disk_json(&out, "sda");
+    assert_eq!(d["kind"], "bitmap", "{d}");
+    let read = d["blocks_read"].as_u64().unwrap();
+    assert!(read > 0 && read < blocks / 4, "only dirty blocks are read: {d}");
+    states.push(s.path("state1.raw"));
+    to_raw(&q, &states[1]);
+    trees.push(tree.clone());
+
+    // Raw writes with qemu-io past the filesystem, then an export by a
+    // qemu-nbd of the user's own, read over NBD with bitmap c2.
+    qemu_io_write(&q, 0xab, 50 << 20, 192 << 10);
+    qemu_io_write(&q, 0xcd, (60 << 20) + 4096, 8192);
+    bitmap_add(&q, "c3");
+    let (mut server, uri) = qemu_nbd(&q, &s.path("nbd.sock"), "vm1-sda", Some("c2"));
+    let out = cbtfs(&[
+        "ingest", &p(&repo), "vm1", "--disk", &format!("sda={uri}"), "--bitmap", "sda=c2", "--checkpoint", "c3", "--json",
+    ])
+    .ok();
+    server.kill();
+    let d = disk_json(&out, "sda");
+    assert_eq!(d["kind"], "bitmap", "{d}");
+    assert!(d["blocks_read"].as_u64().unwrap() <= 8, "two small dirty regions: {d}");
+    states.push(s.path("state2.raw"));
+    to_raw(&q, &states[2]);
+    trees.push(tree.clone());
+
+    // list says how each point was made.
+    let pts = points(&repo, "vm1");
+    let kinds: Vec<&str> = pts.iter().map(|p| point_disk(p, "sda")["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["full", "bitmap", "bitmap"]);
+
+    // Every point byte-exact through the mount, and file-exact after a loop mount.
+    verify_ok(&repo);
+    let fuse = FuseMount::start(&repo, &s.mnt("fuse"));
+    let names = point_names(&repo, "vm1");
+    for (i, name) in names.iter().enumerate() {
+        let img = fuse.image("vm1", name, "sda");
+        assert_same_file(&img, &states[i]);
+        assert_image_tree(&img, &s.mnt(&format!("loop{i}")), &trees[i], &format!("point {name}"));
+    }
+}
+
+#[test]
+fn untrustworthy_bitmaps_fall_back_to_a_full_scan() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let q = s.path("disk.qcow2");
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", &p(&q), "32M"]);
+    qemu_io_write(&q, 0x11, 0, 4 << 20);
+    bitmap_add(&q, "c1");
+    Ingest::new(&repo, "vm1").disk("sda", &q).checkpoint("c1").run().ok();
+
+    let check = |tag: &str, bitmap: &str, cp: &str, why: &str| {
+        let out = Ingest::new(&repo, "vm1").disk("sda", &q).arg("--bitmap").arg(&format!("sda={bitmap}")).checkpoint(cp).arg("--json").run().ok();
+        assert!(out.warns_full_scan("sda"), "{tag}: expected a full-scan warning:\n{}", out.describe());
+        assert!(out.stderr.contains(why), "{tag}: the warning must say {why:?}:\n{}", out.describe());
+        assert_eq!(disk_json(&out, "sda")["kind"], "scan", "{tag}");
+        let raw = s.path(&format!("{tag}.raw"));
+        to_raw(&q, &raw);
+        let fuse = FuseMount::start(&repo, &s.mnt(tag));
+        assert_same_file(&fuse.machine_dir("vm1").join("latest").join("sda.img"), &raw);
+    };
+
+    // A bitmap the image does not have.
+    qemu_io_write(&q, 0x22, 8 << 20, 64 << 10);
+    check("missing", "nosuch", "c2", "has no dirty bitmap nosuch");
+
+    // A disabled bitmap misses writes made after it was disabled: trusting
+    // it would lose them, and the scan finds them.
+    bitmap_add(&q, "c3");
+    sh("qemu-img", &["bitmap", "--disable", &p(&q), "c3"]);
+    qemu_io_write(&q, 0x33, 12 << 20, 64 << 10);
+    let out = Ingest::new(&repo, "vm1").disk("sda", &q).checkpoint("c3").run().ok();
+    assert!(out.warns_full_scan("sda"));
+    qemu_io_write(&q, 0x44, 16 << 20, 64 << 10);
+    check("disabled", "c3", "c4", "is disabled");
+
+    // An enabled bitmap of an older checkpoint: not tied to the chain.
+    qemu_io_write(&q, 0x55, 20 << 20, 64 << 10);
+    check("stale", "c1", "c5", "relative to checkpoint c1");
+}
+
+/// A server that dies mid-ingest: a clear error, and nothing committed.
+#[test]
+fn nbd_server_killed_mid_ingest_commits_nothing() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let q = s.path("big.qcow2");
+    let raw = s.path("big.raw");
+    let mut rng = Rng::new(7);
+    let mut off = 0;
+    set_size(&raw, 512 << 20);
+    while off < 512 << 20 {
+        write_at(&raw, off, &rng.bytes(4 << 20));
+        off += 4 << 20;
+    }
+    sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&q)]);
+    let small = s.path("small.raw");
+    write_at(&small, 0, &Rng::new(8).bytes(1 << 20));
+    Ingest::new(&repo, "vm1").disk("small", &small).checkpoint("c0").run().ok();
+    let before = repo_state(&repo);
+
+    let mut interrupted = false;
+    for delay_ms in [150u64, 60, 20] {
+        let sock = s.path(&format!("nbd-{delay_ms}.sock"));
+        let (mut server, uri) = qemu_nbd(&q, &sock, "big", None);
+        let args = [
+            "ingest".to_string(),
+            p(&repo),
+            "vm1".into(),
+            "--disk".into(),
+            format!("small={}", p(&small)),
+            "--disk".into(),
+            format!("big={uri}"),
+        ];
+        let mut ing = spawn_cbtfs(&args, s.dir.path(), &format!("kill{delay_ms}"));
+        sleep(Duration::from_millis(delay_ms));
+        if ing.try_wait().is_some() {
+            // Finished first; the point is valid, but this run proves nothing.
+            let out = ing.wait();
+            assert_eq!(out.code, Some(0), "{}", out.describe());
+            continue;
+        }
+        server.kill();
+        let out = ing.wait_timeout(Duration::from_secs(60));
+        assert_ne!(out.code, Some(0), "ingest must fail when the server dies:\n{}", out.describe());
+        // (The small disk's full-scan warning comes first.)
+        let errors: Vec<&str> = out.stderr.lines().filter(|l| !l.starts_with("warning:")).collect();
+        assert_eq!(errors.len(), 1, "one line of error:\n{}", out.describe());
+        assert!(errors[0].contains("NBD server"), "the error must name the NBD server:\n{}", out.describe());
+        assert_eq!(repo_state(&repo), before, "a failed ingest must change nothing");
+        verify_ok(&repo);
+        interrupted = true;
+        break;
+    }
+    assert!(interrupted, "no ingest was interrupted: the test proved nothing");
+}
+
+/// Unreachable servers, wrong names, and servers cbtfs cannot use: one
+/// line of error, a non-zero exit, and the repository unchanged.
+#[test]
+fn bad_nbd_sources_are_refused() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let seed = s.path("seed.raw");
+    write_at(&seed, 0, &Rng::new(1).bytes(1 << 20));
+    Ingest::new(&repo, "vm1").disk("sda", &seed).checkpoint("c0").run().ok();
+    let before = repo_state(&repo);
+
+    let q = s.path("disk.qcow2");
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", &p(&q), "8M"]);
+    let (_server, uri) = qemu_nbd(&q, &s.path("nbd.sock"), "right", None);
+    let no_sr = fake_server(&s, "no-structured-replies");
+    let garbage = fake_server(&s, "garbage-after-go");
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("unreachable socket", format!("nbd+unix:///x?socket={}", p(&s.path("nope.sock"))), "cannot connect"),
+        ("wrong export", uri.replace("right", "wrong"), "no export named"),
+        ("URI without socket", "nbd+unix:///right".to_string(), "socket=PATH"),
+        ("TLS URI", "nbds://localhost/x".to_string(), "TLS"),
+        ("no structured replies", format!("nbd+unix:///x?socket={}", p(&no_sr.1)), "structured replies"),
+        ("malformed replies", format!("nbd+unix:///x?socket={}", p(&garbage.1)), "NBD protocol error"),
+    ];
+    for (what, source, needle) in cases {
+        let out = cbtfs(&["ingest", &p(&repo), "vm1", "--disk", &format!("sdb={source}")]);
+        assert!(matches!(out.code, Some(c) if c != 0), "{what}: must fail:\n{}", out.describe());
+        let msg = out.stderr.trim();
+        assert_eq!(msg.lines().count(), 1, "{what}: one line of error:\n{}", out.describe());
+        assert!(msg.contains(needle), "{what}: the error must say {needle:?}:\n{}", out.describe());
+        assert!(!msg.contains("panicked"), "{what}: {msg}");
+        assert_eq!(repo_state(&repo), before, "{what}: the repository must not change");
+    }
+
+    // A bitmap for a raw image cannot be honoured.
+    let out = Ingest::new(&repo, "vm1").disk("sda", &seed).arg("--bitmap").arg("sda=c0").run();
+    assert!(matches!(out.code, Some(c) if c != 0), "{}", out.describe());
+    assert!(out.stderr.contains("--changes map"), "{}", out.describe());
+    assert_eq!(repo_state(&repo), before);
+}
+
+/// A stand-in NBD server (Python) that misbehaves on purpose: MODE is
+/// `no-structured-replies` (refuses them, as servers older than the
+/// feature do) or `garbage-after-go` (a good handshake, then noise).
+/// Returns the process and its socket.
+fn fake_server(s: &Scratch, mode: &str) -> (Daemon, PathBuf) {
+    const SERVER: &str = r#"
+import os, socket, struct, sys
+mode, path = sys.argv[1], sys.argv[2]
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+srv.listen(4)
+OPT_MAGIC = 0x49484156454F5054
+REP_MAGIC = 0x3e889045565a9
+def reply(c, opt, kind, data=b""):
+    c.sendall(struct.pack(">QIII", REP_MAGIC, opt, kind, len(data)) + data)
+def recv(c, n):
+    b = b""
+    while len(b) < n:
+        x = c.recv(n - len(b))
+        if not x:
+            raise EOFError
+        b += x
+    return b
+while True:
+    c, _ = srv.accept()
+    try:
+        c.sendall(struct.pack(">QQH", 0x4e42444d41474943, OPT_MAGIC, 3))
+        recv(c, 4)
+        while True:
+            magic, opt, ln = struct.unpack(">QII", recv(c, 16))
+            recv(c, ln)
+            if opt == 8 and mode == "no-structured-replies":
+                reply(c, opt, 0x80000001)
+            elif opt == 7:
+                reply(c, opt, 3, struct.pack(">HQH", 0, 1 << 20, 1))
+                reply(c, opt, 1)
+                break
+            elif opt == 10:
+                reply(c, opt, 1)
+            else:
+                reply(c, opt, 1)
+        recv(c, 28)
+        c.sendall(os.urandom(64))
+    except (EOFError, OSError):
+        pass
+    c.close()
+"#;
+    let script = s.path("fake_nbd.py");
+    fs::write(&script, SERVER).unwrap();
+    let sock = s.path(&format!("fake-{mode}.sock"));
+    let d = Daemon::spawn("python3", &[&p(&script), mode, &p(&sock)]);
+    assert!(wait_until(Duration::from_secs(10), || sock.exists()), "fake server did not start");
+    (d, sock)
+}
