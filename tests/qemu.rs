@@ -397,3 +397,77 @@ while True:
     assert!(wait_until(Duration::from_secs(10), || sock.exists()), "fake server did not start");
     (d, sock)
 }
+
+/// `qemu-img map --output=json` output as a change map: a dirty bitmap
+/// read through qemu's NBD client (`x-dirty-bitmap`), and the allocation
+/// map of an overlay on the previous state.
+#[test]
+fn qemu_img_maps_are_read_as_change_maps() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let base = s.path("base.raw");
+    set_size(&base, 32 << 20);
+    let mut rng = Rng::new(9);
+    for mib in [0u64, 3, 7, 12, 20, 31] {
+        write_at(&base, mib << 20, &rng.bytes(1 << 20));
+    }
+
+    // A qcow2 with bitmap c1, changed by qemu-io; its bitmap, read through
+    // qemu-nbd by qemu-img map, is the change map.
+    let q = s.path("disk.qcow2");
+    sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &p(&base), &p(&q)]);
+    bitmap_add(&q, "c1");
+    Ingest::new(&repo, "vm1").disk("sda", &q).checkpoint("c1").run().ok();
+    qemu_io_write(&q, 0x5a, (3 << 20) + 8192, 100_000);
+    qemu_io_write(&q, 0x6b, 25 << 20, 64 << 10);
+    let (mut server, _) = qemu_nbd(&q, &s.path("map.sock"), "", Some("c1"));
+    let image_opts = format!(
+        "driver=nbd,server.type=unix,server.path={},x-dirty-bitmap=qemu:dirty-bitmap:c1",
+        p(&s.path("map.sock"))
+    );
+    let map = sh("qemu-img", &["map", "--output=json", "--image-opts", &image_opts]);
+    server.kill();
+    let dirty_map = s.path("dirty.json");
+    fs::write(&dirty_map, &map).unwrap();
+    let out = Ingest::new(&repo, "vm1").disk("sda", &q).changes("sda", &dirty_map).since("c1").checkpoint("c2").arg("--json").run().ok();
+    let d = disk_json(&out, "sda");
+    assert_eq!(d["kind"], "map", "{d}");
+    // 100 000 bytes from 3 MiB + 8 KiB span blocks 48 and 49; and block 400.
+    assert_eq!(d["blocks_read"], 3, "only the dirty blocks: {d}");
+    let state2 = s.path("state2.raw");
+    to_raw(&q, &state2);
+
+    // An overlay on that state takes the next changes, among them a
+    // zeroed range that held data; its allocation map is the change map.
+    let overlay = s.path("overlay.qcow2");
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", "-b", &p(&state2), "-F", "raw", &p(&overlay)]);
+    qemu_io_write(&overlay, 0x7c, 20 << 20, 4096);
+    sh("qemu-io", &["-f", "qcow2", "-c", &format!("write -z {} {}", 7 << 20, 256 << 10), &p(&overlay)]);
+    let map = sh("qemu-img", &["map", "--output=json", "-f", "qcow2", &p(&overlay)]);
+    let alloc_map = s.path("alloc.json");
+    fs::write(&alloc_map, &map).unwrap();
+    let out = Ingest::new(&repo, "vm1").disk("sda", &overlay).changes("sda", &alloc_map).since("c2").checkpoint("c3").arg("--json").run().ok();
+    let d = disk_json(&out, "sda");
+    assert_eq!(d["kind"], "map", "{d}");
+    // The zeroed range reads as zeros (base:allocation says so): it gets
+    // zero versions without being read; only the written block is read.
+    assert_eq!(d["blocks_read"], 1, "one written block: {d}");
+    let state3 = s.path("state3.raw");
+    to_raw(&overlay, &state3);
+
+    // A map of a disk of another size is refused, changing nothing.
+    let smaller = s.path("smaller.raw");
+    set_size(&smaller, 16 << 20);
+    let before = repo_state(&repo);
+    let out = Ingest::new(&repo, "vm1").disk("sda", &smaller).changes("sda", &alloc_map).since("c3").run();
+    assert!(matches!(out.code, Some(c) if c != 0), "{}", out.describe());
+    assert!(out.stderr.contains("past the end of the disk"), "{}", out.describe());
+    assert_eq!(repo_state(&repo), before);
+
+    let fuse = FuseMount::start(&repo, &s.mnt("fuse"));
+    let names = point_names(&repo, "vm1");
+    assert_same_file(&fuse.image("vm1", &names[0], "sda"), &base);
+    assert_same_file(&fuse.image("vm1", &names[1], "sda"), &state2);
+    assert_same_file(&fuse.image("vm1", &names[2], "sda"), &state3);
+}
