@@ -471,3 +471,30 @@ fn qemu_img_maps_are_read_as_change_maps() {
     assert_same_file(&fuse.image("vm1", &names[1], "sda"), &state2);
     assert_same_file(&fuse.image("vm1", &names[2], "sda"), &state3);
 }
+
+/// `nbd://HOST:PORT/EXPORT`: a full over TCP, byte-exact.
+#[test]
+fn tcp_export_reads_back() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let raw = s.path("disk.raw");
+    set_size(&raw, 16 << 20);
+    write_at(&raw, 5 << 20, &Rng::new(3).bytes(3 << 20));
+    let q = s.path("disk.qcow2");
+    sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&q)]);
+    // A free port, then qemu-nbd on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let _server = Daemon::spawn(
+        "qemu-nbd",
+        &["--read-only", "--persistent", "--format=qcow2", "--bind=127.0.0.1", "--port", &port, "--export-name=tcpdisk", &p(&q)],
+    );
+    let addr = format!("127.0.0.1:{port}");
+    assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&addr).is_ok()), "qemu-nbd did not listen");
+    let out = cbtfs(&["ingest", &p(&repo), "vm1", "--disk", &format!("sda=nbd://{addr}/tcpdisk"), "--json"]).ok();
+    let d = disk_json(&out, "sda");
+    assert_eq!(d["kind"], "full");
+    assert_eq!(d["blocks_read"], 48, "only the 3 MiB of data: {d}");
+    let fuse = FuseMount::start(&repo, &s.mnt("fuse"));
+    assert_same_file(&fuse.machine_dir("vm1").join("latest").join("sda.img"), &raw);
+}
