@@ -149,18 +149,6 @@ drop_caches() {
     fi
 }
 
-mbps() {
-    awk -v b="$1" -v s="$2" 'BEGIN { if (s <= 0) print "inf"; else printf "%.1f", b / 1e6 / s }'
-}
-
-mib() {
-    awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'
-}
-
-kib_to_mib() {
-    awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'
-}
-
 ms() {
     awk -v s="$1" 'BEGIN { printf "%.0f", s * 1000 }'
 }

@@ -113,19 +113,6 @@ measure() {
     return "$rc"
 }
 
-# mbps BYTES SECONDS: 10^6 bytes per second, 1 decimal.
-mbps() {
-    awk -v b="$1" -v s="$2" 'BEGIN { if (s <= 0) print "inf"; else printf "%.1f", b / 1e6 / s }'
-}
-
-mib() {
-    awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'
-}
-
-kib_to_mib() {
-    awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'
-}
-
 repo_bytes() {
     dir_bytes "$REPO"
 }

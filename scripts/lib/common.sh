@@ -302,6 +302,20 @@ dir_bytes() {
     du -s --block-size=1 "$1" | cut -f1
 }
 
+# mbps BYTES SECONDS: 10^6 bytes per second, 1 decimal.
+mbps() {
+    awk -v b="$1" -v s="$2" 'BEGIN { if (s <= 0) print "inf"; else printf "%.1f", b / 1e6 / s }'
+}
+
+# mib BYTES, kib_to_mib KIB: MiB, 1 decimal.
+mib() {
+    awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'
+}
+
+kib_to_mib() {
+    awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'
+}
+
 # now: seconds since the epoch with nanoseconds.
 now() {
     date +%s.%N
