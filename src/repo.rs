@@ -93,7 +93,13 @@ impl Repo {
             .create(true)
             .truncate(false)
             .open(&p)
-            .map_err(|e| Error::io(format!("cannot open lock file {}", p.display()), e))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(code) if code == nix::libc::EROFS || code == nix::libc::EACCES => Error::Input(format!(
+                    "repository {} cannot be written here ({e}); adding restore points needs write access",
+                    self.path.display()
+                )),
+                _ => Error::io(format!("cannot open lock file {}", p.display()), e),
+            })?;
         match file.try_lock() {
             Ok(()) => Ok(WriterLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy(self.path.clone())),

@@ -27,6 +27,10 @@ pub enum IndexError {
     Open { path: PathBuf, source: rusqlite::Error },
     #[error("the repository index {path} is damaged: {what}")]
     BadMeta { path: PathBuf, what: String },
+    #[error("repository {0} cannot be written here and its index has changes not yet folded in (index.sqlite-wal, left by a crash); open it once where it can be written (e.g. with `cbtfs list`), or copy it to writable storage")]
+    ReadOnlyWithLog(PathBuf),
+    #[error("the index {path} has schema version {found} and needs an upgrade to {known}, which needs write access; open it once where it can be written")]
+    ReadOnlyOld { path: PathBuf, found: u32, known: u32 },
     #[error(transparent)]
     Migrate(#[from] migrate::MigrateError),
     #[error("repository index: {0}")]
@@ -113,17 +117,17 @@ impl Index {
     }
 
     /// Opens the index of an existing repository, migrating it if needed.
+    /// A repository this process cannot write to (a backup disk attached
+    /// read-only, a read-only snapshot or export: the usual state of
+    /// things during a restore) is opened read-only; see
+    /// [`Index::open_read_only`].
     pub fn open(repo: &Path) -> Result<Index> {
         let path = repo.join(crate::format::INDEX_FILE);
         if !path.is_file() {
             return Err(IndexError::NotARepo(repo.to_path_buf()));
         }
-        let open = |e| IndexError::Open { path: path.clone(), source: e };
-        let mut conn =
-            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(open)?;
-        set_pragmas(&conn).map_err(open)?;
-        migrate::migrate(&mut conn)?;
-        let idx = Index { conn, path };
+        let writable = nix::unistd::access(repo, nix::unistd::AccessFlags::W_OK).is_ok();
+        let idx = if writable { Index::open_read_write(path)? } else { Index::open_read_only(repo, path)? };
         let fv: u32 = idx.meta_u64("format_version")? as u32;
         if fv > crate::format::REPO_FORMAT_VERSION {
             return Err(IndexError::BadMeta {
@@ -132,6 +136,51 @@ impl Index {
             });
         }
         Ok(idx)
+    }
+
+    fn open_read_write(path: PathBuf) -> Result<Index> {
+        let open = |e| IndexError::Open { path: path.clone(), source: e };
+        let mut conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(open)?;
+        set_pragmas(&conn).map_err(open)?;
+        migrate::migrate(&mut conn)?;
+        Ok(Index { conn, path })
+    }
+
+    /// WAL mode needs a writable directory for its shared-memory file, so
+    /// the index is opened as immutable instead: nothing can change it on
+    /// storage nobody can write. That would hide commits still in the log
+    /// (`index.sqlite-wal`), so a non-empty log is refused, not ignored;
+    /// ingests fold their log into the index as they finish, so this only
+    /// happens after a crash.
+    fn open_read_only(repo: &Path, path: PathBuf) -> Result<Index> {
+        let wal = repo.join(format!("{}-wal", crate::format::INDEX_FILE));
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            return Err(IndexError::ReadOnlyWithLog(repo.to_path_buf()));
+        }
+        // A URI, with the characters URIs give a meaning escaped.
+        let mut uri = String::from("file:");
+        for c in path.to_string_lossy().chars() {
+            match c {
+                '%' => uri.push_str("%25"),
+                '?' => uri.push_str("%3f"),
+                '#' => uri.push_str("%23"),
+                c => uri.push(c),
+            }
+        }
+        uri.push_str("?immutable=1");
+        let open = |e| IndexError::Open { path: path.clone(), source: e };
+        let conn = Connection::open_with_flags(&uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)
+            .map_err(open)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open)?;
+        let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open)?;
+        if version < migrate::latest_version() {
+            return Err(IndexError::ReadOnlyOld { path, found: version, known: migrate::latest_version() });
+        }
+        if version > migrate::latest_version() {
+            return Err(migrate::MigrateError::TooNew { found: version, known: migrate::latest_version() }.into());
+        }
+        Ok(Index { conn, path })
     }
 
     pub fn conn(&self) -> &Connection {
