@@ -20,6 +20,10 @@ pub enum Error {
     /// Another process holds the repository lock.
     #[error("repository {0} is busy: another ingest is running; try again when it has finished")]
     Busy(PathBuf),
+    /// A mount or verify reads the repository, and retention must not
+    /// change it under them.
+    #[error("repository {0} is in use by a mount or a verify; stop them first, or pass --wait to wait for them")]
+    InUse(PathBuf),
 }
 
 impl From<rusqlite::Error> for Error {

@@ -15,6 +15,8 @@ pub const PACK_DIR: &str = "packs";
 /// Lock file taken exclusively by writers (ingest).
 pub const LOCK_FILE: &str = "lock";
 /// Extension of pack files; the stem is the pack id as 16 hex digits.
+/// flock(2)ed shared by mounts and verify, exclusively by forget and gc.
+pub const READERS_FILE: &str = "readers";
 pub const PACK_EXT: &str = "pack";
 
 /// Repository format version, stored in `repo_meta.format_version`.

@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod chain;
 pub mod error;
 pub mod format;
+pub mod gc;
 pub mod fuse;
 pub mod ids;
 pub mod image;
@@ -23,6 +24,7 @@ pub mod pack;
 pub mod ranges;
 pub mod readahead;
 pub mod repo;
+pub mod retention;
 pub mod span;
 pub mod verify;
 

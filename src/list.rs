@@ -38,6 +38,8 @@ pub struct PointInfo {
     /// "full" if every disk is full, "scan" if any disk was scanned, else
     /// "map" if any disk was read by a map, else "bitmap".
     pub kind: String,
+    /// Protected from `forget` (`cbtfs protect`).
+    pub protected: bool,
     pub disks: Vec<DiskInfo>,
 }
 
@@ -83,6 +85,7 @@ pub fn listing(idx: &Index, machine: Option<&str>) -> Result<Listing> {
                 created: rfc3339(p.created),
                 checkpoint: p.checkpoint.clone(),
                 kind: point_kind(&disks).to_string(),
+                protected: crate::retention::is_protected(idx, p.id)?,
                 disks,
             });
         }

@@ -10,7 +10,7 @@ use cli::{Cli, Command, exit};
 
 fn exit_code_for(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<cbtfs::Error>() {
-        Some(cbtfs::Error::Busy(_)) => exit::BUSY,
+        Some(cbtfs::Error::Busy(_)) | Some(cbtfs::Error::InUse(_)) => exit::BUSY,
         _ => exit::ERROR,
     }
 }
@@ -61,6 +61,9 @@ fn main() -> ExitCode {
         Command::List(a) => cli::list::run(a),
         Command::Mount(a) => cli::mount::run(a),
         Command::Verify(a) => cli::verify::run(a),
+        Command::Forget(a) => cli::forget::run(a),
+        Command::Gc(a) => cli::gc::run(a),
+        Command::Protect(a) => cli::protect::run(a),
     };
     match res {
         Ok(code) => ExitCode::from(code),

@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::format::{INDEX_FILE, LOCK_FILE, PACK_DIR};
+use crate::format::{INDEX_FILE, LOCK_FILE, PACK_DIR, READERS_FILE};
 use crate::index::Index;
 use crate::pack::parse_pack_file_name;
 
@@ -30,6 +30,14 @@ pub struct Repo {
 /// Held while writing; released on drop (or when the process dies).
 pub struct WriterLock {
     _file: File,
+}
+
+/// Readers that need the repository to stay as it is (mounts, verify)
+/// hold this shared; retention (forget, gc), which changes what points
+/// read and deletes packs, holds it exclusively, so the two never overlap.
+/// Ingest does not take it: it only adds. Released on drop.
+pub struct ReaderLock {
+    _file: Option<File>,
 }
 
 pub fn now_unix() -> i64 {
@@ -106,6 +114,48 @@ impl Repo {
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(Error::io(format!("cannot lock {}", p.display()), e))
             }
+        }
+    }
+
+    fn readers_file(&self) -> std::io::Result<File> {
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.path.join(READERS_FILE))
+    }
+
+    /// Shared reader lock, for mounts and verify. On storage that cannot be
+    /// written (no lock file can be made), none is needed: nothing can
+    /// change the repository there.
+    pub fn lock_readers_shared(&self) -> Result<ReaderLock> {
+        let file = match self.readers_file() {
+            Ok(f) => f,
+            Err(_) if nix::unistd::access(&self.path, nix::unistd::AccessFlags::W_OK).is_err() => {
+                return Ok(ReaderLock { _file: None });
+            }
+            Err(e) => return Err(Error::io(format!("cannot open {}", self.path.join(READERS_FILE).display()), e)),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(ReaderLock { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Input(format!(
+                "repository {} is being pruned (forget or gc); try again when that has finished",
+                self.path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock the repository for reading", e)),
+        }
+    }
+
+    /// Exclusive reader lock, for retention: fails with [`Error::Busy`]
+    /// while a mount or verify runs, unless `wait`, which waits for them.
+    pub fn lock_readers_exclusive(&self, wait: bool) -> Result<ReaderLock> {
+        let file = self
+            .readers_file()
+            .map_err(|e| Error::io(format!("cannot open {}", self.path.join(READERS_FILE).display()), e))?;
+        if wait {
+            file.lock().map_err(|e| Error::io("cannot lock the repository", e))?;
+            return Ok(ReaderLock { _file: Some(file) });
+        }
+        match file.try_lock() {
+            Ok(()) => Ok(ReaderLock { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::InUse(self.path.clone())),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock the repository", e)),
         }
     }
 

@@ -25,11 +25,12 @@ pub fn run(a: Args) -> super::Outcome {
         println!("{}", m.name);
         for p in &m.points {
             println!(
-                "  {}  {}  checkpoint {}  {}",
+                "  {}  {}  checkpoint {}  {}{}",
                 p.name,
                 p.created,
                 p.checkpoint.as_deref().unwrap_or("-"),
-                p.kind
+                p.kind,
+                if p.protected { "  protected" } else { "" }
             );
             for d in &p.disks {
                 let why = d.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();

@@ -2,10 +2,13 @@
 //! its `run`. User-facing messages go to stdout/stderr here; diagnostics go
 //! through `log` (RUST_LOG).
 
+pub mod forget;
+pub mod gc;
 pub mod ingest;
 pub mod init;
 pub mod list;
 pub mod mount;
+pub mod protect;
 pub mod verify;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +42,12 @@ pub enum Command {
     Mount(mount::Args),
     /// Re-read every stored block and check it
     Verify(verify::Args),
+    /// Remove restore points, by name or by a keep policy (no data is rewritten)
+    Forget(forget::Args),
+    /// Reclaim the space of blocks no restore point uses
+    Gc(gc::Args),
+    /// Protect a restore point from forget, or lift the protection
+    Protect(protect::Args),
 }
 
 /// A command's result: Ok(exit code) or an error for main to print.

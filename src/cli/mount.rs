@@ -22,6 +22,8 @@ pub fn run(a: Args) -> super::Outcome {
     if !a.mountpoint.is_dir() {
         anyhow::bail!("mount point {} is not a directory; create it first", a.mountpoint.display());
     }
+    // Held for as long as the mount runs: forget and gc wait for it.
+    let _readers = repo.lock_readers_shared()?;
     let store = Store::new(&repo.path, CACHE_BYTES, repo.block_size);
     drop(repo);
     let fs = CbtFs::new(Catalog::new(store));

@@ -14,6 +14,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> super::Outcome {
     let repo = Repo::open(&a.repo)?;
+    let _readers = repo.lock_readers_shared()?;
     let r = verify(&repo, |_, _| {})?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

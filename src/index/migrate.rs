@@ -7,7 +7,11 @@ use rusqlite::{Connection, TransactionBehavior};
 /// Every migration in order; entry i brings the schema to version i + 1.
 /// Append only.
 pub const MIGRATIONS: &[&str] =
-    &[include_str!("../../schema/0001_init.sql"), include_str!("../../schema/0002_bitmap_kind.sql")];
+    &[
+        include_str!("../../schema/0001_init.sql"),
+        include_str!("../../schema/0002_bitmap_kind.sql"),
+        include_str!("../../schema/0003_protected_points.sql"),
+    ];
 
 /// Schema version this build writes and understands.
 pub fn latest_version() -> u32 {

@@ -124,6 +124,15 @@ impl PackReader {
         })
     }
 
+    /// The frame of a block, as stored, once it has been fully checked
+    /// (as [`PackReader::read_block_verified`] checks it): for copying
+    /// frames between packs without spreading damage.
+    pub fn read_frame_checked(&self, loc: &FrameLoc, digest: &Digest) -> Result<Vec<u8>, ReadError> {
+        let buf = self.read_frame(loc)?;
+        frame::decode_and_verify(&buf, loc.raw_len, loc.stored_len, digest).map_err(|e| self.damaged(loc, e))?;
+        Ok(buf)
+    }
+
     /// Reads a block and also checks its content against its digest.
     pub fn read_block_verified(&self, loc: &FrameLoc, digest: &Digest) -> Result<Vec<u8>, ReadError> {
         let buf = self.read_frame(loc)?;
