@@ -26,6 +26,7 @@ pub mod readahead;
 pub mod repo;
 pub mod retention;
 pub mod span;
+pub mod stats;
 pub mod verify;
 
 pub use error::{Error, Result};

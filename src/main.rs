@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Command::Forget(a) => cli::forget::run(a),
         Command::Gc(a) => cli::gc::run(a),
         Command::Protect(a) => cli::protect::run(a),
+        Command::Stats(a) => cli::stats::run(a),
     };
     match res {
         Ok(code) => ExitCode::from(code),

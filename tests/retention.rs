@@ -248,3 +248,39 @@ fn kills_during_gc_and_forget_are_harmless() {
     assert_eq!(v["leftover_packs"], serde_json::json!([]), "the next writer removes leftovers: {v}");
     assert_points_exact(&repo, &s, "end", &states);
 }
+
+#[test]
+fn stats_report_sizes_ratios_and_garbage() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    build_chain(&s, &repo, 6, 1 << 20, 0x51);
+    // A second machine with compressible data (a repeated text line).
+    let text = s.path("text.raw");
+    write_at(&text, 0, &"a line of a log file\n".repeat(50_000).into_bytes()[..1 << 20]);
+    Ingest::new(&repo, "vm2").disk("sda", &text).run().ok();
+
+    let st = json(cbtfs(&["stats", &p(&repo), "--json"]));
+    let n = |k: &str| st[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {st}"));
+    assert_eq!(st["points"].as_array().unwrap().len(), 7, "{st}");
+    assert_eq!(n("logical_bytes"), 7 << 20);
+    assert_eq!(n("data_bytes"), 7 << 20, "random and text data: no zero blocks");
+    assert_eq!(n("unique_bytes"), n("unique_blocks") * 65536, "{st}");
+    let dedup = st["dedup_ratio"].as_f64().unwrap();
+    assert!((dedup - n("data_bytes") as f64 / n("unique_bytes") as f64).abs() < 0.001, "{st}");
+    assert!(dedup > 1.5, "six points of one slowly changing disk share blocks: {st}");
+    let compression = st["compression_ratio"].as_f64().unwrap();
+    assert!((compression - n("unique_bytes") as f64 / n("stored_bytes") as f64).abs() < 0.001, "{st}");
+    assert!(compression > 1.05, "the text disk compresses: {st}");
+    assert_eq!(n("garbage_bytes"), 0);
+    assert_eq!(n("pack_bytes"), pack_files(&repo).iter().map(|(_, b)| b).sum::<u64>(), "{st}");
+
+    cbtfs(&["forget", &p(&repo), "vm1", "1", "2", "3", "4"]).ok();
+    let st = json(cbtfs(&["stats", &p(&repo), "--json"]));
+    assert!(st["garbage_bytes"].as_u64().unwrap() > 0 && st["unused_blocks"].as_u64().unwrap() > 0, "{st}");
+    assert_eq!(st["points"].as_array().unwrap().len(), 3);
+    cbtfs(&["gc", &p(&repo), "--max-garbage", "0"]).ok();
+    let st = json(cbtfs(&["stats", &p(&repo), "--json"]));
+    assert_eq!((st["garbage_bytes"].as_u64(), st["unused_blocks"].as_u64()), (Some(0), Some(0)), "{st}");
+    let out = cbtfs(&["stats", &p(&repo)]).ok();
+    assert!(out.stdout.contains("dedup ratio") && out.stdout.contains("compression ratio"), "{}", out.describe());
+}

@@ -9,6 +9,7 @@ pub mod init;
 pub mod list;
 pub mod mount;
 pub mod protect;
+pub mod stats;
 pub mod verify;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,8 @@ pub enum Command {
     Gc(gc::Args),
     /// Protect a restore point from forget, or lift the protection
     Protect(protect::Args),
+    /// Sizes, dedup and compression ratios, garbage
+    Stats(stats::Args),
 }
 
 /// A command's result: Ok(exit code) or an error for main to print.
