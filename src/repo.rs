@@ -1,10 +1,12 @@
-//! A repository directory: `index.sqlite`, `packs/`, `lock`.
+//! A repository directory: `index.sqlite`, `packs/`, `lock`, `readers`.
 //!
-//! Locking: writers (ingest, and later retention) take an exclusive
+//! Locking: writers (ingest, protect, forget, gc) take an exclusive
 //! `flock` on `lock` for their whole run; a second writer fails at once
-//! with [`Error::Busy`]. Readers take no lock: they only read committed
-//! index state and the committed bytes of packs, which never change
-//! (writers only append past them).
+//! with [`Error::Busy`]. Ingest only adds: readers see committed index
+//! state and the committed bytes of packs, which never change (writers only
+//! append past them), so mounts run during ingests. Forget and gc change
+//! what points read and delete packs, so they also take `readers`
+//! exclusively, which mounts and verify hold shared: the two never overlap.
 //!
 //! Crash safety: pack bytes are fsynced before the index commit that
 //! references them; leftovers of an interrupted writer (pack files with no
