@@ -143,6 +143,14 @@ fn policies_and_protection() {
     let disk = s.path("disk.raw");
     let out = Ingest::new(&repo, "vm1").disk("sda", &disk).changes("sda", &s.path("map8.json")).since("c8").checkpoint("c9").run().ok();
     assert!(!out.warns_full_scan("sda"), "{}", out.describe());
+    // Forgetting the newest point does not free its number.
+    cbtfs(&["forget", &p(&repo), "vm1", "9"]).ok();
+    Ingest::new(&repo, "vm1").disk("sda", &disk).checkpoint("c10").run().ok();
+    assert_eq!(seqs(&repo), vec![8, 10], "numbers of forgotten points are not reused");
+    let fuse = FuseMount::start(&repo, &s.mnt("last"));
+    let names = point_names(&repo, "vm1");
+    assert_point_name(&names[1], 10);
+    assert_same_file(&fuse.image("vm1", &names[1], "sda"), &disk);
 }
 
 #[test]

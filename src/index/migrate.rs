@@ -85,6 +85,8 @@ mod tests {
             c.query_row("SELECT kind, reason FROM point_disks WHERE name = 'sda'", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         assert_eq!((kind.as_str(), reason.as_str()), ("scan", "no map"));
         c.execute(bitmap_row, []).unwrap();
+        let last_seq: i64 = c.query_row("SELECT last_seq FROM machines WHERE id = 1", [], |r| r.get(0)).unwrap();
+        assert_eq!(last_seq, 1, "version 3 fills in each machine's highest point number");
         assert!(c.execute(&bitmap_row.replace("'bitmap'", "'other'").replace("'sdb'", "'sdc'"), []).is_err());
     }
 

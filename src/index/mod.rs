@@ -300,7 +300,17 @@ impl Index {
                 "INSERT INTO points(machine_id, seq, created, checkpoint) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![machine, seq, created, checkpoint])?;
-        Ok(PointId(self.conn.last_insert_rowid()))
+        let id = PointId(self.conn.last_insert_rowid());
+        self.conn
+            .prepare_cached("UPDATE machines SET last_seq = max(last_seq, ?2) WHERE id = ?1")?
+            .execute(params![machine, seq])?;
+        Ok(id)
+    }
+
+    /// The highest point sequence number `machine` ever had, forgotten
+    /// points included: new points number on from it.
+    pub fn last_seq(&self, machine: MachineId) -> Result<i64> {
+        Ok(self.conn.prepare_cached("SELECT last_seq FROM machines WHERE id = ?1")?.query_row([machine], |r| r.get(0))?)
     }
 
     pub fn insert_lineage(&self, machine: MachineId, disk: &str) -> Result<LineageId> {

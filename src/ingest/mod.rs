@@ -322,7 +322,8 @@ impl Plan {
             Some(m) => m,
             None => idx.insert_machine(&self.machine)?,
         };
-        let seq = self.latest.as_ref().map(|p| p.seq + 1).unwrap_or(1);
+        // Never a number a forgotten point had.
+        let seq = idx.last_seq(machine)?.max(self.latest.as_ref().map_or(0, |p| p.seq)) + 1;
         let point = idx.insert_point(machine, seq, now, self.checkpoint.as_deref())?;
         let mut store = store::BlockStore::new(idx, repo_path, block_size, repo.pack_size, now)?;
         let mut reports = Vec::new();
