@@ -12,10 +12,10 @@ pub struct Args {
     /// Block size: a power of two from 4K to 4M, e.g. 64K, 1M or 131072
     #[arg(long, default_value = "64K", value_parser = parse_block_size)]
     pub block_size: u32,
-    /// Pack files are closed at about this size, from 1M to 64G (e.g. 64M
-    /// for a repository copied to object storage); later ingests append to
-    /// the newest pack until then
-    #[arg(long, default_value = "1G", value_parser = parse_pack_size)]
+    /// Pack files are closed at about this size, from 1M to 64G; later
+    /// ingests append to the newest pack until then. Larger packs mean fewer
+    /// files, smaller ones less copying when gc rewrites a pack
+    #[arg(long, default_value = "16M", value_parser = parse_pack_size)]
     pub pack_size: u64,
 }
 
