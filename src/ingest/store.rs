@@ -52,10 +52,23 @@ pub struct BlockStore<'a> {
     now: i64,
     next_pack: PackId,
     writer: Option<PackWriter>,
-    sealed: Vec<SealedPack>,
+    /// Packs being sealed (written out and fsynced) on threads of their
+    /// own, so that a full pack does not stall the ingest; all are waited
+    /// for in [`BlockStore::finish`], before anything is committed.
+    sealing: Vec<(PackId, std::thread::JoinHandle<std::io::Result<SealedPack>>)>,
     /// Whether this ingest already considered appending to the newest
     /// pack (it does so once, for its first frame).
     tried_append: bool,
+}
+
+impl Drop for BlockStore<'_> {
+    /// A failed ingest: wait for the packs still being sealed, whose
+    /// guards, dropped unpublished, undo their writes.
+    fn drop(&mut self) {
+        for (_, h) in self.sealing.drain(..) {
+            let _ = h.join();
+        }
+    }
 }
 
 /// All-zero test in 16-byte words; blocks are never stored when zero.
@@ -67,7 +80,7 @@ fn is_zero(b: &[u8]) -> bool {
 
 impl<'a> BlockStore<'a> {
     pub fn new(idx: &'a Index, repo: &'a Path, block_size: u32, pack_size: u64, now: i64) -> Result<BlockStore<'a>> {
-        Ok(BlockStore { idx, repo, block_size, pack_size, now, next_pack: idx.next_pack_id()?, writer: None, sealed: Vec::new(), tried_append: false })
+        Ok(BlockStore { idx, repo, block_size, pack_size, now, next_pack: idx.next_pack_id()?, writer: None, sealing: Vec::new(), tried_append: false })
     }
 
     fn bs(&self) -> u64 {
@@ -117,9 +130,8 @@ impl<'a> BlockStore<'a> {
     fn seal_current(&mut self) -> Result<()> {
         if let Some(w) = self.writer.take() {
             let id = w.id();
-            let sealed = w.seal().map_err(|e| Error::io(format!("cannot sync pack {}", id.0), e))?;
-            self.idx.conn().execute("UPDATE packs SET size = ?1 WHERE id = ?2", rusqlite::params![sealed.len as i64, id])?;
-            self.sealed.push(sealed);
+            self.idx.conn().execute("UPDATE packs SET size = ?1 WHERE id = ?2", rusqlite::params![w.len() as i64, id])?;
+            self.sealing.push((id, std::thread::spawn(move || w.seal())));
         }
         Ok(())
     }
@@ -127,7 +139,22 @@ impl<'a> BlockStore<'a> {
     /// Seals the last pack; the caller commits, then publishes the packs.
     pub fn finish(mut self) -> Result<Vec<SealedPack>> {
         self.seal_current()?;
-        Ok(std::mem::take(&mut self.sealed))
+        let mut sealed = Vec::new();
+        let mut failure = None;
+        // Wait for every seal, also after a failure, so that the guards of
+        // the others are in hand (and undo their writes when dropped).
+        for (id, h) in std::mem::take(&mut self.sealing) {
+            match h.join().unwrap_or_else(|_| Err(std::io::Error::other("pack sealing thread panicked"))) {
+                Ok(s) => sealed.push(s),
+                Err(e) => {
+                    failure.get_or_insert(Error::io(format!("cannot sync pack {}", id.0), e));
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(sealed),
+        }
     }
 
     pub fn ingest_disk(&mut self, d: &DiskPlan, lineage: LineageId, seq: i64) -> Result<DiskStats> {
