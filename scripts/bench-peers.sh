@@ -454,32 +454,8 @@ mount_suite() {
 
 # ------------------------------------------------------------------------ machine
 require_root
-if [[ -n $WORKDIR ]]; then
-    mkdir -p "$WORKDIR"
-    W=$(cd "$WORKDIR" && pwd)
-    [[ -z $(ls -A "$W") ]] || die "work dir $W is not empty"
-else
-    W=$(mktemp -d "${TMPDIR:-/var/tmp}/cbtfs-peers.XXXXXX")
-    [[ $KEEP -eq 1 ]] || register_dir "$W"
-fi
-LOGS=$W/logs
-VALUES=$W/values.tsv
-mkdir -p "$LOGS"
-: >"$VALUES"
-
-section "Machine"
-CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-CPU_MODEL=${CPU_MODEL:-$(uname -m)}
-NPROC=$(nproc)
-MEM_BYTES=$(( $(awk '/^MemTotal:/ { print $2 }' /proc/meminfo) * 1024 ))
-KERNEL=$(uname -r)
-OS_NAME=$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-}" || true)
-WFS=$(df --output=fstype "$W" | tail -n 1 | tr -d ' ')
-WDEV=$(df --output=source "$W" | tail -n 1 | tr -d ' ')
-echo "cpus:     $NPROC x $CPU_MODEL"
-echo "memory:   $(human_bytes "$MEM_BYTES")"
-echo "kernel:   $KERNEL${OS_NAME:+ ($OS_NAME)}"
-echo "work dir: $W ($WFS on $WDEV, $(df -h --output=avail "$W" | tail -n 1 | tr -d ' ') free)"
+setup_workdir cbtfs-peers
+describe_machine
 
 need=$((SIZE * 6 + DEPTH_SIZE * 3 + (1 << 30)))
 avail=$(df --output=avail -B1 "$W" | tail -n 1)

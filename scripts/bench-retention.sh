@@ -219,37 +219,13 @@ mean_of() {
 
 # ------------------------------------------------------------------------ machine
 [[ $(id -u) -eq 0 ]] || die "run as root: the benchmark drops the page cache and mounts FUSE"
-if [[ -n $WORKDIR ]]; then
-    mkdir -p "$WORKDIR"
-    W=$(cd "$WORKDIR" && pwd)
-    [[ -z $(ls -A "$W") ]] || die "work dir $W is not empty"
-else
-    W=$(mktemp -d "${TMPDIR:-/var/tmp}/cbtfs-retention.XXXXXX")
-    [[ $KEEP -eq 1 ]] || register_dir "$W"
-fi
-LOGS=$W/logs
-VALUES=$W/values.tsv
-mkdir -p "$LOGS"
-: >"$VALUES"
-
-section "Machine"
-CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-CPU_MODEL=${CPU_MODEL:-$(uname -m)}
-NPROC=$(nproc)
-MEM_BYTES=$(($(awk '/^MemTotal:/ { print $2 }' /proc/meminfo) * 1024))
-KERNEL=$(uname -r)
-OS_NAME=$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-}" || true)
-WFS=$(df --output=fstype "$W" | tail -n 1 | tr -d ' ')
-WDEV=$(df --output=source "$W" | tail -n 1 | tr -d ' ')
+setup_workdir cbtfs-retention
+describe_machine
 if [[ $WDEV == /dev/* ]]; then
     d=$(readlink -f "$WDEV")
     [[ -r /sys/class/block/${d##*/}/stat ]] && DEV_STAT=/sys/class/block/${d##*/}/stat
 fi
 DEV_NAME=${DEV_STAT:+$(basename "$(dirname "$DEV_STAT")")}
-echo "cpus:     $NPROC x $CPU_MODEL"
-echo "memory:   $(human_bytes "$MEM_BYTES")"
-echo "kernel:   $KERNEL${OS_NAME:+ ($OS_NAME)}"
-echo "work dir: $W ($WFS on $WDEV, $(df -h --output=avail "$W" | tail -n 1 | tr -d ' ') free)"
 [[ -n $DEV_STAT ]] || warn "no block device statistics for $WDEV: no device write figures"
 
 need=$((SIZE * 10 + (1 << 30)))

@@ -334,3 +334,39 @@ human_bytes() {
         if (i == 1) printf "%d %s", b, u[i]; else printf "%.1f %s", b, u[i]
     }'
 }
+
+# setup_workdir NAME: sets W to the work directory, WORKDIR if given (it
+# must be empty) or else a new temporary one removed at exit unless
+# KEEP=1, and creates LOGS and an empty VALUES file in it.
+setup_workdir() {
+    if [[ -n ${WORKDIR:-} ]]; then
+        mkdir -p "$WORKDIR"
+        W=$(cd "$WORKDIR" && pwd)
+        [[ -z $(ls -A "$W") ]] || die "work dir $W is not empty"
+    else
+        W=$(mktemp -d "${TMPDIR:-/var/tmp}/$1.XXXXXX")
+        [[ ${KEEP:-0} -eq 1 ]] || register_dir "$W"
+    fi
+    LOGS=$W/logs
+    VALUES=$W/values.tsv
+    mkdir -p "$LOGS"
+    : >"$VALUES"
+}
+
+# describe_machine: sets CPU_MODEL, NPROC, MEM_BYTES, KERNEL, OS_NAME, and
+# WFS and WDEV (filesystem type and device of W), and prints them.
+describe_machine() {
+    section "Machine"
+    CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+    CPU_MODEL=${CPU_MODEL:-$(uname -m)}
+    NPROC=$(nproc)
+    MEM_BYTES=$(($(awk '/^MemTotal:/ { print $2 }' /proc/meminfo) * 1024))
+    KERNEL=$(uname -r)
+    OS_NAME=$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-}" || true)
+    WFS=$(df --output=fstype "$W" | tail -n 1 | tr -d ' ')
+    WDEV=$(df --output=source "$W" | tail -n 1 | tr -d ' ')
+    echo "cpus:     $NPROC x $CPU_MODEL"
+    echo "memory:   $(human_bytes "$MEM_BYTES")"
+    echo "kernel:   $KERNEL${OS_NAME:+ ($OS_NAME)}"
+    echo "work dir: $W ($WFS on $WDEV, $(df -h --output=avail "$W" | tail -n 1 | tr -d ' ') free)"
+}
