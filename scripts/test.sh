@@ -17,6 +17,7 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v losetup >/dev/null || need+=(mount)
 command -v mountpoint >/dev/null || need+=(util-linux)
 command -v python3 >/dev/null || need+=(python3)
+command -v man >/dev/null || need+=(man-db)
 # qemu-img, qemu-io, qemu-nbd and qemu-storage-daemon for the QEMU tests
 command -v qemu-storage-daemon >/dev/null && command -v qemu-nbd >/dev/null || need+=(qemu-utils)
 if ((${#need[@]})); then

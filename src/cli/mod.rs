@@ -2,6 +2,7 @@
 //! its `run`. User-facing messages go to stdout/stderr here; diagnostics go
 //! through `log` (RUST_LOG).
 
+pub mod docs;
 pub mod forget;
 pub mod gc;
 pub mod ingest;
@@ -25,7 +26,8 @@ pub mod exit {
 
 #[derive(Parser, Debug)]
 #[command(name = "cbtfs", version, about = "Changed-block-tracking backups of VM disk images, mounted as full images through FUSE",
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 verify found damage, 4 repository busy.")]
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 verify found damage, 4 repository busy.",
+    after_long_help = EXAMPLES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -51,7 +53,23 @@ pub enum Command {
     Protect(protect::Args),
     /// Sizes, dedup and compression ratios, garbage
     Stats(stats::Args),
+    /// Write the man pages and shell completions (for packagers)
+    #[command(hide = true)]
+    GenerateDocs(docs::Args),
 }
+
+const EXAMPLES: &str = "\
+Exit codes: 0 success; 1 error (bad input, missing source, I/O failure), nothing changed; \
+2 usage error; 3 verify found damage; 4 repository busy (another writer, or for forget and gc a mount or verify).
+
+Examples:
+  cbtfs init /backup/repo
+  cbtfs ingest /backup/repo web01 --disk sda=/dev/vg/web01-snap --checkpoint cp-001
+  cbtfs ingest /backup/repo web01 --disk sda=/dev/vg/web01-snap --changes sda=changes.json --since cp-001 --checkpoint cp-002
+  cbtfs ingest /backup/repo web01 --disk sda=vm.qcow2 --bitmap sda=cp-002 --checkpoint cp-003
+  cbtfs mount /backup/repo /mnt/backups &
+  mount -o loop,ro,noload /mnt/backups/web01/latest/sda.img /mnt/restore
+  cbtfs forget /backup/repo web01 --keep-daily 14 --keep-weekly 8 && cbtfs gc /backup/repo";
 
 /// A command's result: Ok(exit code) or an error for main to print.
 pub type Outcome = anyhow::Result<u8>;

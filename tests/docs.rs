@@ -1,0 +1,66 @@
+//! The man pages and shell completions in `man/` are generated from the
+//! command-line definitions (`cbtfs generate-docs`): they must be current,
+//! render with man(1), and load in bash.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for sub in ["", "completions"] {
+        for e in fs::read_dir(dir.join(sub)).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                out.push((format!("{sub}/{}", e.file_name().to_string_lossy()), fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn man_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/man"))
+}
+
+#[test]
+fn committed_pages_are_current() {
+    let s = Scratch::new();
+    let fresh = s.path("man");
+    cbtfs(&["generate-docs", &p(&fresh)]).ok();
+    let (got, want) = (files(&fresh), files(man_dir()));
+    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&want), names(&got), "man/ must hold exactly what generate-docs writes");
+    for ((name, a), (_, b)) in want.iter().zip(&got) {
+        assert!(a == b, "man{name} is stale: run `cbtfs generate-docs man`");
+    }
+    for sub in ["init", "ingest", "list", "mount", "verify", "forget", "gc", "protect", "stats"] {
+        assert!(got.iter().any(|(n, _)| n == &format!("/cbtfs-{sub}.1")), "no page for {sub}");
+    }
+}
+
+#[test]
+fn pages_render_and_completions_load() {
+    for (name, _) in files(man_dir()).iter().filter(|(n, _)| n.ends_with(".1")) {
+        let out = Command::new("man").args(["-l", "-P", "cat"]).arg(man_dir().join(&name[1..])).env("MANWIDTH", "100").output().unwrap();
+        assert!(out.status.success(), "man -l {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("NAME") && text.contains("SYNOPSIS"), "{name} did not render:\n{text}");
+    }
+    let main = Command::new("man").args(["-l", "-P", "cat"]).arg(man_dir().join("cbtfs.1")).output().unwrap();
+    // man justifies lines: compare with single spaces.
+    let text = String::from_utf8_lossy(&main.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("Exit codes: 0 success") && text.contains("Examples: cbtfs init"), "cbtfs(1) must give exit codes and examples:\n{text}");
+
+    let bash = man_dir().join("completions/cbtfs.bash");
+    let out = Command::new("bash").arg("-c").arg(format!("source {} && complete -p cbtfs", p(&bash))).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cbtfs"));
+
+    let v = cbtfs(&["--version"]).ok();
+    assert_eq!(v.stdout.trim(), format!("cbtfs {}", env!("CARGO_PKG_VERSION")));
+}
