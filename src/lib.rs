@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod chain;
 pub mod error;
+pub mod export;
 pub mod format;
 pub mod gc;
 pub mod fuse;

@@ -65,6 +65,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => cli::gc::run(a),
         Command::Protect(a) => cli::protect::run(a),
         Command::Stats(a) => cli::stats::run(a),
+        Command::Export(a) => cli::export::run(a),
         Command::GenerateDocs(a) => cli::docs::run(a),
     };
     match res {

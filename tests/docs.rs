@@ -38,7 +38,7 @@ fn committed_pages_are_current() {
     for ((name, a), (_, b)) in want.iter().zip(&got) {
         assert!(a == b, "man{name} is stale: run `cbtfs generate-docs man`");
     }
-    for sub in ["init", "ingest", "list", "mount", "verify", "forget", "gc", "protect", "stats"] {
+    for sub in ["init", "ingest", "list", "mount", "verify", "forget", "gc", "protect", "stats", "export"] {
         assert!(got.iter().any(|(n, _)| n == &format!("/cbtfs-{sub}.1")), "no page for {sub}");
     }
 }

@@ -16,6 +16,9 @@ _cbtfs() {
             ",$1")
                 cmd="cbtfs"
                 ;;
+            cbtfs,export)
+                cmd="cbtfs__subcmd__export"
+                ;;
             cbtfs,forget)
                 cmd="cbtfs__subcmd__forget"
                 ;;
@@ -48,6 +51,9 @@ _cbtfs() {
                 ;;
             cbtfs,verify)
                 cmd="cbtfs__subcmd__verify"
+                ;;
+            cbtfs__subcmd__help,export)
+                cmd="cbtfs__subcmd__help__subcmd__export"
                 ;;
             cbtfs__subcmd__help,forget)
                 cmd="cbtfs__subcmd__help__subcmd__forget"
@@ -89,12 +95,30 @@ _cbtfs() {
 
     case "${cmd}" in
         cbtfs)
-            opts="-h -V --help --version init ingest list mount verify forget gc protect stats generate-docs help"
+            opts="-h -V --help --version init ingest list mount verify forget gc protect stats export generate-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cbtfs__subcmd__export)
+            opts="-h --format --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -165,8 +189,22 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__help)
-            opts="init ingest list mount verify forget gc protect stats generate-docs help"
+            opts="init ingest list mount verify forget gc protect stats export generate-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cbtfs__subcmd__help__subcmd__export)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

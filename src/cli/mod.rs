@@ -3,6 +3,7 @@
 //! through `log` (RUST_LOG).
 
 pub mod docs;
+pub mod export;
 pub mod forget;
 pub mod gc;
 pub mod ingest;
@@ -53,6 +54,8 @@ pub enum Command {
     Protect(protect::Args),
     /// Sizes, dedup and compression ratios, garbage
     Stats(stats::Args),
+    /// Write one disk of a restore point to a file (sparse raw, or qcow2)
+    Export(export::Args),
     /// Write the man pages and shell completions (for packagers)
     #[command(hide = true)]
     GenerateDocs(docs::Args),

@@ -1,0 +1,91 @@
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+use cbtfs::export::{Format, export};
+use cbtfs::image::{ImageReader, Store};
+use cbtfs::repo::Repo;
+use cbtfs::retention;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Repository directory
+    pub repo: PathBuf,
+    /// Machine of the restore point
+    pub machine: String,
+    /// Restore point: its name, its sequence number, or `latest`
+    pub point: String,
+    /// Disk of the point
+    pub disk: String,
+    /// File to write (must not exist)
+    pub output: PathBuf,
+    /// raw (sparse) or qcow2 (through qemu-img)
+    #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
+    pub format: String,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> super::Outcome {
+    let repo = Repo::open(&a.repo)?;
+    let _readers = repo.lock_readers_shared()?;
+    let Some(machine) = repo.index.machine_id(&a.machine)? else {
+        bail!("no machine named {} in this repository; `cbtfs list REPO` shows the machines", a.machine);
+    };
+    let points = repo.index.points(machine)?;
+    let point = if a.point == "latest" {
+        match points.last() {
+            Some(p) => p,
+            None => bail!("machine {} has no restore points", a.machine),
+        }
+    } else {
+        retention::find_point(&points, &a.point, &a.machine)?
+    };
+    let disks = repo.index.point_disks(point.id)?;
+    let Some(d) = disks.iter().find(|d| d.name == a.disk) else {
+        let names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
+        bail!("restore point {} has no disk {}; it has {}", point.name(), a.disk, names.join(", "));
+    };
+    let store = Store::new(&repo.path, 64 << 20, repo.block_size);
+    let img = ImageReader::new(store, d.lineage, point.seq, d.size);
+    let format = if a.format == "qcow2" { Format::Qcow2 } else { Format::Raw };
+    // Progress on a terminal only, at most once a percent.
+    let tty = std::io::stderr().is_terminal();
+    let mut shown = u64::MAX;
+    let started = std::time::Instant::now();
+    let r = export(&img, &a.output, format, |done, total| {
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        if tty && pct != shown {
+            shown = pct;
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            let rate = done as f64 / secs;
+            let eta = if rate > 0.0 { (total - done) as f64 / rate } else { 0.0 };
+            eprint!("\r{pct:3}%  {:.0} MB/s  ETA {eta:.0} s  ", rate / 1e6);
+        }
+    })?;
+    if tty {
+        eprintln!();
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "machine": a.machine, "point": point.name(), "disk": a.disk, "output": a.output,
+            "format": a.format, "size": r.size, "data_bytes": r.data_bytes,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{} {} {}: {} bytes written to {} ({}, {} bytes of data)",
+            a.machine,
+            point.name(),
+            a.disk,
+            r.size,
+            a.output.display(),
+            a.format,
+            r.data_bytes
+        );
+    }
+    Ok(super::exit::OK)
+}

@@ -1,0 +1,113 @@
+//! `export`: one disk of one restore point written out as a file, for
+//! restoring to new hardware or booting elsewhere: a sparse raw image
+//! (holes where the disk is zero), or a qcow2 image made from it by
+//! `qemu-img convert`. The file appears whole or not at all: it is written
+//! under a temporary name next to the target, fsynced, then renamed.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+use crate::image::ImageReader;
+
+/// Bytes read and written per step.
+const CHUNK: usize = 4 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    Qcow2,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Exported {
+    pub size: u64,
+    /// Bytes written as data; the rest of the disk is holes.
+    pub data_bytes: u64,
+}
+
+/// A path in the same directory as `out`, for writing before the rename.
+fn temp_beside(out: &Path, what: &str) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    out.with_file_name(format!(".{name}.{what}-{}", std::process::id()))
+}
+
+/// Removes a path on drop unless disarmed.
+struct Cleanup(Option<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Writes `img` to `out` (which must not exist) in `format`; `progress` is
+/// called with (bytes done, total) as the export goes.
+pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl FnMut(u64, u64)) -> Result<Exported> {
+    if out.exists() || out.is_symlink() {
+        return Err(Error::Input(format!("{} exists; remove it or choose another name", out.display())));
+    }
+    let raw_path = temp_beside(out, "raw");
+    let cleanup = Cleanup(Some(raw_path.clone()));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&raw_path)
+        .map_err(|e| Error::io(format!("cannot create {}", raw_path.display()), e))?;
+    let size = img.size();
+    let mut stats = Exported { size, data_bytes: 0 };
+    let mut offset = 0u64;
+    while offset < size {
+        let data = img.read_vec(offset, CHUNK)?;
+        if data.is_empty() {
+            break;
+        }
+        // All-zero stretches stay holes.
+        if data.iter().any(|&b| b != 0) {
+            file.write_all_at(&data, offset).map_err(|e| Error::io(format!("cannot write {}", raw_path.display()), e))?;
+            stats.data_bytes += data.len() as u64;
+        }
+        offset += data.len() as u64;
+        progress(offset, size);
+    }
+    file.set_len(size).map_err(|e| Error::io(format!("cannot size {}", raw_path.display()), e))?;
+    file.sync_all().map_err(|e| Error::io(format!("cannot sync {}", raw_path.display()), e))?;
+    drop(file);
+    match format {
+        Format::Raw => publish(&raw_path, out)?,
+        Format::Qcow2 => {
+            let q = temp_beside(out, "qcow2");
+            let _q_cleanup = Cleanup(Some(q.clone()));
+            let st = Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "qcow2"])
+                .arg(&raw_path)
+                .arg(&q)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| Error::Input(format!("cannot run qemu-img ({e}); qcow2 export needs qemu-utils")))?;
+            if !st.status.success() {
+                return Err(Error::Input(format!("qemu-img convert failed: {}", String::from_utf8_lossy(&st.stderr).trim())));
+            }
+            File::open(&q).and_then(|f| f.sync_all()).map_err(|e| Error::io(format!("cannot sync {}", q.display()), e))?;
+            publish(&q, out)?;
+        }
+    }
+    // `cleanup` removes the raw file a qcow2 export was made from.
+    drop(cleanup);
+    Ok(stats)
+}
+
+/// Renames `tmp` to `out` without replacing anything that appeared there
+/// meanwhile, and makes the rename durable.
+fn publish(tmp: &Path, out: &Path) -> Result<()> {
+    std::fs::hard_link(tmp, out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
+    let _ = std::fs::remove_file(tmp);
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))?;
+    }
+    Ok(())
+}

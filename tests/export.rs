@@ -1,0 +1,77 @@
+//! `cbtfs export`: a point's disk as a sparse raw file or a qcow2 image,
+//! byte-exact; bad input refused, leaving no file behind.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::process::Command;
+
+#[test]
+fn export_raw_and_qcow2_byte_exact() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let disk = s.path("sda.raw");
+    set_size(&disk, 64 << 20);
+    write_at(&disk, 1 << 20, &Rng::new(1).bytes(3 << 20));
+    write_at(&disk, 40 << 20, &Rng::new(2).bytes(100_000));
+    let first = s.path("first.raw");
+    save_copy(&disk, &first);
+    Ingest::new(&repo, "vm1").disk("sda", &disk).checkpoint("c1").run().ok();
+    write_at(&disk, 10 << 20, &Rng::new(3).bytes(1 << 20));
+    Ingest::new(&repo, "vm1").disk("sda", &disk).checkpoint("c2").run().ok();
+
+    let out = s.path("latest.img");
+    let r = cbtfs(&["export", &p(&repo), "vm1", "latest", "sda", &p(&out)]).ok();
+    assert!(r.stderr.is_empty(), "no progress output when stderr is not a terminal: {}", r.describe());
+    assert_same_file(&out, &disk);
+    assert!(disk_usage(&out) < 16 << 20, "zero stretches stay holes: {} bytes allocated", disk_usage(&out));
+
+    let old = s.path("first.img");
+    let v = cbtfs(&["export", &p(&repo), "vm1", "1", "sda", &p(&old), "--json"]).ok().stdout_json();
+    assert_same_file(&old, &first);
+    assert_eq!(v["size"], 64 << 20);
+    assert!(v["data_bytes"].as_u64().unwrap() >= 3 << 20, "{v}");
+
+    let q = s.path("latest.qcow2");
+    cbtfs(&["export", &p(&repo), "vm1", "latest", "sda", &p(&q), "--format", "qcow2"]).ok();
+    let st = Command::new("qemu-img").args(["compare", "-q", "-f", "qcow2", "-F", "raw"]).arg(&q).arg(&disk).status().unwrap();
+    assert!(st.success(), "the qcow2 export must hold the same disk");
+    let leftovers: Vec<String> = fs::read_dir(s.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn export_bad_input_leaves_nothing() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let disk = s.path("sda.raw");
+    write_at(&disk, 0, &Rng::new(4).bytes(1 << 20));
+    Ingest::new(&repo, "vm1").disk("sda", &disk).run().ok();
+    let existing = s.path("existing.img");
+    fs::write(&existing, b"keep me").unwrap();
+    let r = p(&repo);
+    let out = p(&s.path("new.img"));
+    let ex = p(&existing);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["export", &r, "vm1", "latest", "sda", &ex], "exists"),
+        (vec!["export", &r, "vm1", "latest", "sdz", &out], "no disk sdz"),
+        (vec!["export", &r, "vm1", "7", "sda", &out], "no restore point 7"),
+        (vec!["export", &r, "vm9", "latest", "sda", &out], "no machine named vm9"),
+    ];
+    for (args, needle) in cases {
+        let o = cbtfs(&args);
+        assert_eq!(o.code, Some(1), "{args:?}:\n{}", o.describe());
+        assert!(o.stderr.contains(needle), "{args:?} must say {needle:?}:\n{}", o.describe());
+        assert!(!s.path("new.img").exists(), "{args:?} created the output");
+    }
+    assert_eq!(fs::read(&existing).unwrap(), b"keep me");
+    let o = cbtfs(&["export", &r, "vm1", "latest", "sda", &out, "--format", "vmdk"]);
+    assert_eq!(o.code, Some(2), "{}", o.describe());
+}
