@@ -1,6 +1,7 @@
 //! The data behind `cbtfs list`: machines, points, disks.
 
 use crate::error::{Error, Result};
+use crate::ids::MachineId;
 use crate::index::{Index, PointDiskRow};
 use crate::names::rfc3339;
 
@@ -66,12 +67,17 @@ fn point_kind(disks: &[DiskInfo]) -> &'static str {
     }
 }
 
+/// The machine named `name`; an error telling how to see the names if
+/// there is none.
+pub fn machine(idx: &Index, name: &str) -> Result<MachineId> {
+    idx.machine_id(name)?.ok_or_else(|| {
+        Error::Input(format!("no machine named {name} in this repository; `cbtfs list REPO` shows the machines"))
+    })
+}
+
 pub fn listing(idx: &Index, machine: Option<&str>) -> Result<Listing> {
     let machines = match machine {
-        Some(name) => match idx.machine_id(name)? {
-            Some(id) => vec![(id, name.to_string())],
-            None => return Err(Error::Input(format!("no machine named {name} in this repository; `cbtfs list REPO` shows the machines"))),
-        },
+        Some(name) => vec![(self::machine(idx, name)?, name.to_string())],
         None => idx.machines()?,
     };
     let mut out = Vec::new();

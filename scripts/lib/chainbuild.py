@@ -64,6 +64,21 @@ def make(path, size, seed):
     print(f"chainbuild: wrote {size} bytes to {path}")
 
 
+def tiny_change(fd, blocks, seed, point):
+    """Overwrites 1 to 4 extents of 4 to 32 KiB at random 4 KiB-aligned
+    offsets of the image open at `fd` (`blocks` 4 KiB blocks long), the
+    same ones for the same seed and point; returns them as map extents."""
+    rng = random.Random(seed * 1_000_003 + point)
+    extents = []
+    for _ in range(rng.randint(1, 4)):
+        n = rng.randint(1, 8)  # 4..32 KiB
+        start = rng.randrange(0, blocks - n + 1)
+        off, length = start * KIB4, n * KIB4
+        os.pwrite(fd, rng.randbytes(length), off)
+        extents.append({"offset": off, "length": length})
+    return extents
+
+
 def extend(args):
     size = os.path.getsize(args.image)
     blocks = size // KIB4
@@ -72,14 +87,7 @@ def extend(args):
     fd = os.open(args.image, os.O_RDWR)
     try:
         for depth in range(args.from_depth + 1, args.to_depth + 1):
-            rng = random.Random(args.seed * 1_000_003 + depth)
-            extents = []
-            for _ in range(rng.randint(1, 4)):
-                n = rng.randint(1, 8)  # 4..32 KiB
-                start = rng.randrange(0, blocks - n + 1)
-                off, length = start * KIB4, n * KIB4
-                os.pwrite(fd, rng.randbytes(length), off)
-                extents.append({"offset": off, "length": length})
+            extents = tiny_change(fd, blocks, args.seed, depth)
             os.fsync(fd)
             with open(mapfile, "w") as m:
                 json.dump(extents, m)

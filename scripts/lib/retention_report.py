@@ -27,8 +27,9 @@ snapshot list, and the markdown table.
 import argparse
 import json
 import os
-import random
 import sys
+
+from chainbuild import tiny_change  # same directory: the same kind of change
 
 KIB4 = 4096
 COLS = ("cbtfs", "restic", "borg")
@@ -71,16 +72,9 @@ for _sc, _title in SCENARIOS:
 def change(image, point, seed, mapfile):
     size = os.path.getsize(image)
     blocks = size // KIB4
-    rng = random.Random(seed * 1_000_003 + point)
-    extents = []
     fd = os.open(image, os.O_RDWR)
     try:
-        for _ in range(rng.randint(1, 4)):
-            n = rng.randint(1, 8)  # 4..32 KiB
-            start = rng.randrange(0, blocks - n + 1)
-            off, length = start * KIB4, n * KIB4
-            os.pwrite(fd, rng.randbytes(length), off)
-            extents.append({"offset": off, "length": length})
+        extents = tiny_change(fd, blocks, seed, point)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -31,9 +31,7 @@ pub struct Args {
 pub fn run(a: Args) -> super::Outcome {
     let repo = Repo::open(&a.repo)?;
     let _readers = repo.lock_readers_shared()?;
-    let Some(machine) = repo.index.machine_id(&a.machine)? else {
-        bail!("no machine named {} in this repository; `cbtfs list REPO` shows the machines", a.machine);
-    };
+    let machine = cbtfs::list::machine(&repo.index, &a.machine)?;
     let points = repo.index.points(machine)?;
     let point = if a.point == "latest" {
         match points.last() {

@@ -57,9 +57,7 @@ pub fn run(a: Args) -> super::Outcome {
     let _writer = repo.lock_writer()?;
     let _readers = repo.lock_readers_exclusive(a.wait)?;
     let idx = &repo.index;
-    let Some(machine) = idx.machine_id(&a.machine)? else {
-        bail!("no machine named {} in this repository; `cbtfs list REPO` shows the machines", a.machine);
-    };
+    let machine = cbtfs::list::machine(idx, &a.machine)?;
     let all = idx.points(machine)?;
     let mut doomed: Vec<PointRow> = Vec::new();
     let mut protected_kept = Vec::new();

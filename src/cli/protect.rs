@@ -1,7 +1,5 @@
 use std::path::PathBuf;
 
-use anyhow::bail;
-
 use cbtfs::repo::Repo;
 use cbtfs::retention;
 
@@ -21,9 +19,7 @@ pub struct Args {
 pub fn run(a: Args) -> super::Outcome {
     let repo = Repo::open(&a.repo)?;
     let _writer = repo.lock_writer()?;
-    let Some(machine) = repo.index.machine_id(&a.machine)? else {
-        bail!("no machine named {} in this repository; `cbtfs list REPO` shows the machines", a.machine);
-    };
+    let machine = cbtfs::list::machine(&repo.index, &a.machine)?;
     let points = repo.index.points(machine)?;
     let p = retention::find_point(&points, &a.point, &a.machine)?;
     retention::set_protected(&repo.index, p.id, !a.off)?;
