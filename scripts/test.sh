@@ -20,6 +20,11 @@ command -v python3 >/dev/null || need+=(python3)
 command -v man >/dev/null || need+=(man-db)
 # qemu-img, qemu-io, qemu-nbd and qemu-storage-daemon for the QEMU tests
 command -v qemu-storage-daemon >/dev/null && command -v qemu-nbd >/dev/null || need+=(qemu-utils)
+# partitioned disks: sfdisk, FAT (made and read with mtools) and XFS
+command -v sfdisk >/dev/null || need+=(fdisk)
+command -v mkfs.vfat >/dev/null || need+=(dosfstools)
+command -v mcopy >/dev/null || need+=(mtools)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -4,17 +4,24 @@
 //! MACHINE/                 one folder per machine
 //! MACHINE/POINT/           one folder per restore point, names sort in creation order
 //! MACHINE/POINT/NAME.img   each disk of the point, as a full image
+//! MACHINE/POINT/NAME-partN.img  each partition N of that disk (MBR or GPT)
 //! MACHINE/latest           symlink to the newest POINT
 //! ```
 //!
 //! Every call reads committed index state, so points ingested while a
-//! mount is up appear without remounting.
+//! mount is up appear without remounting. Partition tables are read from
+//! the image the first time a point's folder is listed and kept: a
+//! committed image never changes, and retention does not run while a mount
+//! is up (`repo` readers lock).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::error::Result;
 use crate::ids::{MachineId, PointDiskId, PointId};
 use crate::image::{ImageReader, Store};
+use crate::index::PointDiskRow;
+use crate::partition::{self, Partition};
 
 /// Name of the symlink to a machine's newest point.
 pub const LATEST: &str = "latest";
@@ -28,6 +35,8 @@ pub enum Node {
     Point(PointId),
     Latest(MachineId),
     Image(PointDiskId),
+    /// Partition number `.1` of a disk image.
+    Partition(PointDiskId, u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,15 +56,49 @@ pub struct NodeAttr {
 
 pub struct Catalog {
     store: Arc<Store>,
+    partitions: Mutex<HashMap<PointDiskId, Arc<Vec<Partition>>>>,
+}
+
+/// File name of partition `number` of disk `disk`.
+pub fn partition_file_name(disk: &str, number: u32) -> String {
+    format!("{disk}-part{number}{IMAGE_SUFFIX}")
 }
 
 impl Catalog {
     pub fn new(store: Arc<Store>) -> Catalog {
-        Catalog { store }
+        Catalog { store, partitions: Mutex::new(HashMap::new()) }
+    }
+
+    /// The partitions of a disk image, read once. A table that cannot be
+    /// read (a damaged block) or does not hold together shows no
+    /// partitions, with the reason logged: the whole image stays listed,
+    /// and reading it reports the damage itself.
+    fn partitions_of(&self, d: &PointDiskRow, seq: i64) -> Arc<Vec<Partition>> {
+        if let Some(p) = self.partitions.lock().unwrap().get(&d.id) {
+            return p.clone();
+        }
+        let img = ImageReader::new(self.store.clone(), d.lineage, seq, d.size);
+        let parts = match partition::read_table(d.size, |off, len| img.read_vec(off, len)) {
+            Ok(t) => {
+                for why in &t.problems {
+                    log::warn!("disk {} (point disk {}): partition table: {why}", d.name, d.id.0);
+                }
+                Arc::new(t.partitions)
+            }
+            Err(e) => {
+                log::error!("disk {} (point disk {}): cannot read its partition table: {e}", d.name, d.id.0);
+                return Arc::new(Vec::new());
+            }
+        };
+        self.partitions.lock().unwrap().insert(d.id, parts.clone());
+        parts
     }
 
     /// Children of a directory node, with their names.
     pub fn children(&self, node: Node) -> Result<Vec<(Node, String)>> {
+        if let Node::Point(p) = node {
+            return self.point_children(p);
+        }
         self.store.chain.with_index(|idx| {
             Ok(match node {
                 Node::Root => idx.machines()?.into_iter().map(|(id, n)| (Node::Machine(id), n)).collect(),
@@ -68,14 +111,50 @@ impl Catalog {
                     }
                     v
                 }
-                Node::Point(p) => idx
-                    .point_disks(p)?
-                    .into_iter()
-                    .map(|d| (Node::Image(d.id), format!("{}{IMAGE_SUFFIX}", d.name)))
-                    .collect(),
-                Node::Latest(_) | Node::Image(_) => Vec::new(),
+                Node::Point(_) | Node::Latest(_) | Node::Image(_) | Node::Partition(..) => Vec::new(),
             })
         })
+    }
+
+    /// A point's disk images, then the partitions of each.
+    fn point_children(&self, p: PointId) -> Result<Vec<(Node, String)>> {
+        let found = self.store.chain.with_index(|idx| {
+            Ok(match idx.point(p)? {
+                Some(point) => Some((point.seq, idx.point_disks(p)?)),
+                None => None,
+            })
+        })?;
+        let Some((seq, disks)) = found else { return Ok(Vec::new()) };
+        let mut v: Vec<(Node, String)> =
+            disks.iter().map(|d| (Node::Image(d.id), format!("{}{IMAGE_SUFFIX}", d.name))).collect();
+        for d in &disks {
+            for part in self.partitions_of(d, seq).iter() {
+                let name = partition_file_name(&d.name, part.number);
+                // A disk may itself be named like a partition file: the
+                // disk keeps the name.
+                if v.iter().any(|(_, n)| *n == name) {
+                    log::warn!("partition {} of disk {} not shown: another disk has the file name {name}", part.number, d.name);
+                    continue;
+                }
+                v.push((Node::Partition(d.id, part.number), name));
+            }
+        }
+        Ok(v)
+    }
+
+    /// A partition of a disk image, if the disk (still) exists and has it,
+    /// with the disk's point.
+    fn partition(&self, d: PointDiskId, number: u32) -> Result<Option<(PointDiskRow, crate::index::PointRow, Partition)>> {
+        let row = self.store.chain.with_index(|idx| {
+            Ok(match idx.point_disk(d)? {
+                Some(disk) => idx.point(disk.point)?.map(|p| (disk, p)),
+                None => None,
+            })
+        })?;
+        Ok(row.and_then(|(disk, point)| {
+            let part = self.partitions_of(&disk, point.seq).iter().find(|p| p.number == number).copied();
+            part.map(|part| (disk, point, part))
+        }))
     }
 
     pub fn lookup(&self, parent: Node, name: &str) -> Result<Option<Node>> {
@@ -84,6 +163,13 @@ impl Catalog {
 
     /// Attributes of a node; `None` if it no longer exists.
     pub fn attr(&self, node: Node) -> Result<Option<NodeAttr>> {
+        if let Node::Partition(d, n) = node {
+            return Ok(self.partition(d, n)?.map(|(_, point, part)| NodeAttr {
+                kind: NodeKind::File,
+                size: part.len,
+                mtime: point.created,
+            }));
+        }
         self.store.chain.with_index(|idx| {
             let dir = |mtime| Some(NodeAttr { kind: NodeKind::Dir, size: 0, mtime });
             Ok(match node {
@@ -106,6 +192,7 @@ impl Catalog {
                     }),
                     None => None,
                 },
+                Node::Partition(..) => unreachable!("handled above"),
             })
         })
     }
@@ -114,6 +201,17 @@ impl Catalog {
     pub fn readlink(&self, node: Node) -> Result<Option<String>> {
         match node {
             Node::Latest(m) => self.store.chain.with_index(|idx| Ok(idx.latest_point(m)?.map(|p| p.name()))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Opens a disk image or one of its partitions for reading.
+    pub fn open(&self, node: Node) -> Result<Option<ImageReader>> {
+        match node {
+            Node::Image(d) => self.open_image(d),
+            Node::Partition(d, n) => Ok(self.partition(d, n)?.map(|(disk, point, part)| {
+                ImageReader::new(self.store.clone(), disk.lineage, point.seq, disk.size).window(part.start, part.len)
+            })),
             _ => Ok(None),
         }
     }

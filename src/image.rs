@@ -105,21 +105,32 @@ impl Store {
     }
 }
 
+/// A disk of a point, or a window of it (a partition): offsets given to
+/// reads are relative to `start`, and reads stop at `end`.
 pub struct ImageReader {
     store: Arc<Store>,
     lineage: LineageId,
     seq: i64,
-    size: u64,
+    start: u64,
+    end: u64,
     stream: Stream,
 }
 
 impl ImageReader {
     pub fn new(store: Arc<Store>, lineage: LineageId, seq: i64, size: u64) -> ImageReader {
-        ImageReader { store, lineage, seq, size, stream: Stream::default() }
+        ImageReader { store, lineage, seq, start: 0, end: size, stream: Stream::default() }
+    }
+
+    /// The `len` bytes from `start` of this image, as an image of their own.
+    /// The window is cut to the image.
+    pub fn window(self, start: u64, len: u64) -> ImageReader {
+        let start = self.start.saturating_add(start).min(self.end);
+        let end = start.saturating_add(len).min(self.end);
+        ImageReader { start, end, ..self }
     }
 
     pub fn size(&self) -> u64 {
-        self.size
+        self.end - self.start
     }
 
     /// Fills `buf` from `offset`; returns the bytes read, fewer only at the
@@ -134,13 +145,15 @@ impl ImageReader {
     /// appending (no zero-fill of memory about to be overwritten: that was
     /// a tenth of the mount's CPU time in sequential reads).
     pub fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let end = offset.saturating_add(len as u64).min(self.size);
-        if let Some(ahead) = self.stream.advance(offset, end, self.size) {
+        // From here on, offsets are on the whole disk.
+        let offset = self.start.saturating_add(offset).min(self.end);
+        let end = offset.saturating_add(len as u64).min(self.end);
+        if let Some(ahead) = self.stream.advance(offset, end, self.end) {
             for job in readahead::jobs(self.lineage, self.seq, ahead, self.store.block_size) {
                 self.store.read_ahead.request(job);
             }
         }
-        let ps = pieces(offset, len, self.size, self.store.block_size);
+        let ps = pieces(offset, (end - offset) as usize, self.end, self.store.block_size);
         let total = ps.last().map(|p| p.buf_offset + p.len).unwrap_or(0);
         let blocks: Vec<u64> = ps.iter().map(|p| p.block).collect();
         let locations = self.store.locate(self.lineage, self.seq, &blocks)?;

@@ -22,6 +22,7 @@ pub mod list;
 pub mod names;
 pub mod nbd;
 pub mod pack;
+pub mod partition;
 pub mod ranges;
 pub mod readahead;
 pub mod repo;

@@ -498,3 +498,51 @@ fn tcp_export_reads_back() {
     let fuse = FuseMount::start(&repo, &s.mnt("fuse"));
     assert_same_file(&fuse.machine_dir("vm1").join("latest").join("sda.img"), &raw);
 }
+
+/// Instant boot: a VM can start from a restore point without copying it,
+/// on a qcow2 overlay whose backing file is the point's image in the
+/// mount. Reads come through the overlay exactly; writes land in the
+/// overlay and never reach the repository.
+#[test]
+fn instant_boot_overlay_on_a_mounted_point() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let disk = s.path("sda.raw");
+    mkfs_ext4(&disk, 64 << 20);
+    let mut tree = Tree::new();
+    let mut rng = Rng::new(43);
+    with_loop_rw(&disk, &s.mnt("src"), |root| {
+        put(root, &mut tree, "etc/hostname", b"vm1\n".to_vec());
+        put(root, &mut tree, "srv/db.bin", rng.bytes(6 << 20));
+    });
+    Ingest::new(&repo, "vm1").disk("sda", &disk).checkpoint("c1").run().ok();
+    with_loop_rw(&disk, &s.mnt("src"), |root| {
+        put(root, &mut tree, "var/log/app.log", rng.text(300_000));
+        patch(root, &mut tree, "srv/db.bin", 1 << 20, &rng.bytes(70_000));
+    });
+    Ingest::new(&repo, "vm1").disk("sda", &disk).checkpoint("c2").run().ok();
+    let at_c2 = s.path("c2.raw");
+    save_copy(&disk, &at_c2);
+
+    let m = FuseMount::start(&repo, &s.mnt("m"));
+    // The point's own folder, not `latest`, which moves on the next ingest.
+    let backing = m.image("vm1", &latest_point(&repo, "vm1"), "sda");
+    let overlay = s.path("boot.qcow2");
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", "-b", &p(&backing), "-F", "raw", &p(&overlay)]);
+    let st = Command::new("qemu-img").args(["compare", "-q", "-f", "qcow2", "-F", "raw"]).arg(&overlay).arg(&at_c2).status().unwrap();
+    assert!(st.success(), "the overlay must read as the restore point");
+
+    // The "booted" machine sees its files and writes new ones.
+    let mut booted = tree.clone();
+    through_qemu(&overlay, &s, "boot", |root| {
+        assert_tree_eq(&read_tree(root), &tree, "files seen through the overlay");
+        put(root, &mut booted, "var/log/boot.log", rng.text(50_000));
+        remove(root, &mut booted, "etc/hostname");
+    });
+    through_qemu(&overlay, &s, "boot2", |root| assert_tree_eq(&read_tree(root), &booted, "overlay after a reboot"));
+    assert_same_file(&backing, &at_c2);
+    assert_image_tree(&backing, &s.mnt("l"), &tree, "the restore point itself");
+    m.unmount().ok();
+    verify_ok(&repo);
+}

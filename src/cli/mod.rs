@@ -43,6 +43,7 @@ pub enum Command {
     /// List machines, restore points and disks
     List(list::Args),
     /// Serve every restore point as a disk image through read-only FUSE
+    #[command(long_about = MOUNT_ABOUT)]
     Mount(mount::Args),
     /// Re-read every stored block and check it
     Verify(verify::Args),
@@ -73,6 +74,19 @@ Examples:
   cbtfs mount /backup/repo /mnt/backups &
   mount -o loop,ro,noload /mnt/backups/web01/latest/sda.img /mnt/restore
   cbtfs forget /backup/repo web01 --keep-daily 14 --keep-weekly 8 && cbtfs gc /backup/repo";
+
+const MOUNT_ABOUT: &str = "\
+Serve every restore point as a disk image through read-only FUSE.
+
+The tree: MACHINE/POINT/DISK.img for each disk of each point (a full image,
+assembled from the chain); MACHINE/POINT/DISK-partN.img for each partition N of
+a disk with an MBR or GPT partition table, numbered as Linux numbers them
+(logical partitions from 5); MACHINE/latest, a symlink to the newest point.
+Points ingested while the mount runs appear without remounting.
+
+Restore files with `mount -o loop,ro` on an image or partition (add `noload`
+for ext3/ext4 and `norecovery` for XFS taken from a running machine); boot a VM
+from a point with a qcow2 overlay whose backing file is the point's image.";
 
 /// A command's result: Ok(exit code) or an error for main to print.
 pub type Outcome = anyhow::Result<u8>;

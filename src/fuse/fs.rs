@@ -135,8 +135,11 @@ impl Filesystem for CbtFs {
             if flags.0 & libc_accmode() != 0 {
                 return Err(Errno::EROFS);
             }
-            let Node::Image(d) = Self::node(ino)? else { return Err(Errno::EISDIR) };
-            let img = self.catalog.open_image(d).map_err(|e| eio("open", e))?.ok_or(Errno::ENOENT)?;
+            let node = Self::node(ino)?;
+            if !matches!(node, Node::Image(_) | Node::Partition(..)) {
+                return Err(Errno::EISDIR);
+            }
+            let img = self.catalog.open(node).map_err(|e| eio("open", e))?.ok_or(Errno::ENOENT)?;
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             self.handles.lock().unwrap().insert(fh, Arc::new(img));
             Ok(fh)
@@ -202,7 +205,7 @@ impl Filesystem for CbtFs {
             let kind = match n {
                 Node::Root | Node::Machine(_) | Node::Point(_) => FileType::Directory,
                 Node::Latest(_) => FileType::Symlink,
-                Node::Image(_) => FileType::RegularFile,
+                Node::Image(_) | Node::Partition(..) => FileType::RegularFile,
             };
             entries.push((to_ino(n), kind, name));
         }

@@ -1,6 +1,8 @@
 //! Inode numbers for catalog nodes: computed, not allocated, so the table
 //! needs no state and an inode stays valid for the life of its object.
-//! The top byte says the node type, the rest is the row id.
+//! The top byte says the node type, the rest is the row id; for a
+//! partition, the next byte is its number and the low 48 bits the disk's
+//! row id.
 
 use fuser::INodeNo;
 
@@ -13,6 +15,10 @@ const MACHINE: u64 = 1;
 const POINT: u64 = 2;
 const LATEST: u64 = 3;
 const IMAGE: u64 = 4;
+const PARTITION: u64 = 5;
+const PART_SHIFT: u32 = 48;
+const PART_ID_MASK: u64 = (1 << PART_SHIFT) - 1;
+const _: () = assert!(crate::partition::MAX_NUMBER as u64 <= ID_MASK >> PART_SHIFT);
 
 pub fn to_ino(node: Node) -> INodeNo {
     let (tag, id) = match node {
@@ -21,6 +27,7 @@ pub fn to_ino(node: Node) -> INodeNo {
         Node::Point(PointId(id)) => (POINT, id),
         Node::Latest(MachineId(id)) => (LATEST, id),
         Node::Image(PointDiskId(id)) => (IMAGE, id),
+        Node::Partition(PointDiskId(id), n) => (PARTITION, ((n as i64) << PART_SHIFT) | (id & PART_ID_MASK as i64)),
     };
     INodeNo((tag << SHIFT) | (id as u64 & ID_MASK))
 }
@@ -36,6 +43,7 @@ pub fn from_ino(ino: INodeNo) -> Option<Node> {
         POINT => Some(Node::Point(PointId(id))),
         LATEST => Some(Node::Latest(MachineId(id))),
         IMAGE => Some(Node::Image(PointDiskId(id))),
+        PARTITION => Some(Node::Partition(PointDiskId(id & PART_ID_MASK as i64), (id as u64 >> PART_SHIFT) as u32)),
         _ => None,
     }
 }
@@ -53,6 +61,10 @@ mod tests {
             Node::Latest(MachineId(1)),
             Node::Image(PointDiskId(1)),
             Node::Image(PointDiskId(ID_MASK as i64)),
+            Node::Partition(PointDiskId(1), 1),
+            Node::Partition(PointDiskId(1), 2),
+            Node::Partition(PointDiskId(2), 1),
+            Node::Partition(PointDiskId(PART_ID_MASK as i64), crate::partition::MAX_NUMBER),
         ];
         let mut seen = std::collections::HashSet::new();
         for n in nodes {
