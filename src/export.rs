@@ -14,6 +14,9 @@ use crate::image::ImageReader;
 
 /// Bytes read and written per step.
 const CHUNK: usize = 4 << 20;
+/// All-zero pieces of this size are left as holes: the repository's
+/// default block size, so zero blocks cost no space in the export.
+const HOLE_GRAIN: usize = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -66,10 +69,21 @@ pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl 
         if data.is_empty() {
             break;
         }
-        // All-zero stretches stay holes.
-        if data.iter().any(|&b| b != 0) {
-            file.write_all_at(&data, offset).map_err(|e| Error::io(format!("cannot write {}", raw_path.display()), e))?;
-            stats.data_bytes += data.len() as u64;
+        // All-zero stretches stay holes; runs of data are written whole.
+        let mut run: Option<usize> = None;
+        let pieces = data.chunks(HOLE_GRAIN).map(|c| c.iter().any(|&b| b != 0)).chain([false]);
+        for (i, nonzero) in pieces.enumerate() {
+            let at = (i * HOLE_GRAIN).min(data.len());
+            match (nonzero, run) {
+                (true, None) => run = Some(at),
+                (false, Some(from)) => {
+                    file.write_all_at(&data[from..at], offset + from as u64)
+                        .map_err(|e| Error::io(format!("cannot write {}", raw_path.display()), e))?;
+                    stats.data_bytes += (at - from) as u64;
+                    run = None;
+                }
+                _ => {}
+            }
         }
         offset += data.len() as u64;
         progress(offset, size);

@@ -40,7 +40,14 @@ struct PackUse {
 
 /// Collects garbage; packs whose garbage is at least `threshold` (0.0 to
 /// 1.0) of their frame bytes are rewritten. `dry_run` only reports.
-pub fn gc(repo: &Repo, lock: &WriterLock, threshold: f64, dry_run: bool) -> Result<GcReport> {
+/// `progress` is called with (pack bytes done, pack bytes to rewrite).
+pub fn gc(
+    repo: &Repo,
+    lock: &WriterLock,
+    threshold: f64,
+    dry_run: bool,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<GcReport> {
     repo.remove_orphan_packs(lock)?;
     let repo_path = repo.path.clone();
     let pack_size = repo.pack_size;
@@ -78,6 +85,9 @@ pub fn gc(repo: &Repo, lock: &WriterLock, threshold: f64, dry_run: bool) -> Resu
         if dry_run || rewrite.is_empty() {
             return Ok((report, Vec::new(), Vec::new()));
         }
+        let total: u64 = uses.iter().filter(|u| rewrite.contains(&u.id)).map(|u| u.size).sum();
+        let mut done = 0u64;
+        log::info!("rewriting {} packs ({total} bytes)", rewrite.len());
         // Copy live frames, in pack order, into new packs.
         let reader = PackReader::new(&repo_path);
         let mut next = repo.index.next_pack_id()?;
@@ -135,6 +145,8 @@ pub fn gc(repo: &Repo, lock: &WriterLock, threshold: f64, dry_run: bool) -> Resu
                 )?;
             }
             conn.execute("DELETE FROM packs WHERE id = ?1", [old])?;
+            done += uses.iter().find(|u| u.id == old).map_or(0, |u| u.size);
+            progress(done, total);
         }
         if let Some(w) = writer.take() {
             seal(w, &mut sealed)?;

@@ -45,9 +45,6 @@ fn raise_open_files_limit() {
 
 fn main() -> ExitCode {
     raise_open_files_limit();
-    // fuser warns when the kernel side is already gone after `umount`,
-    // which is the normal way to stop a mount: keep only its errors.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error")).init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -55,6 +52,8 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(cli.log_filter())).init();
+    cli::set_quiet(cli.quiet);
     let res = match cli.command {
         Command::Init(a) => cli::init::run(a),
         Command::Ingest(a) => cli::ingest::run(a),

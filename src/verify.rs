@@ -48,6 +48,8 @@ pub struct PackTail {
     pub bytes: u64,
 }
 
+/// Checks the index and every stored block; `progress` is called with
+/// (bytes checked, bytes to check) as it goes.
 pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
     let idx = &repo.index;
     let problems: Vec<String> = {
@@ -63,11 +65,12 @@ pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyR
 
     let blocks = idx.all_blocks()?;
     let total = blocks.len() as u64;
+    let total_bytes: u64 = blocks.iter().map(|b| b.loc.stored_len as u64).sum();
     let reader = PackReader::new(&repo.path);
     let mut bad: Vec<(BlockRow, String)> = Vec::new();
     let mut bytes = 0u64;
     // Chunks keep memory bounded and allow progress reports.
-    for (n, chunk) in blocks.chunks(1024).enumerate() {
+    for chunk in blocks.chunks(1024) {
         let results: Vec<Option<String>> = chunk
             .par_iter()
             .map(|b| reader.read_block_verified(&b.loc, &b.digest).err().map(|e| e.to_string()))
@@ -78,7 +81,7 @@ pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyR
                 bad.push((b.clone(), e));
             }
         }
-        progress(((n + 1) * 1024).min(blocks.len()) as u64, total);
+        progress(bytes, total_bytes);
     }
     let mut damaged = Vec::new();
     for (b, error) in bad {

@@ -95,7 +95,7 @@ _cbtfs() {
 
     case "${cmd}" in
         cbtfs)
-            opts="-h -V --help --version init ingest list mount verify forget gc protect stats export generate-docs help"
+            opts="-v -q -h -V --verbose --quiet --help --version init ingest list mount verify forget gc protect stats export generate-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -109,7 +109,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__export)
-            opts="-h --format --json --help"
+            opts="-v -q -h --format --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -127,7 +127,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__forget)
-            opts="-h --keep-last --keep-daily --keep-weekly --keep-monthly --dry-run --wait --json --help"
+            opts="-v -q -h --keep-last --keep-daily --keep-weekly --keep-monthly --dry-run --wait --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -157,7 +157,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__gc)
-            opts="-h --max-garbage --dry-run --wait --json --help"
+            opts="-v -q -h --max-garbage --dry-run --wait --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -175,7 +175,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__generate__subcmd__docs)
-            opts="-h --help"
+            opts="-v -q -h --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -371,7 +371,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__ingest)
-            opts="-h --disk --changes --bitmap --since --checkpoint --full --json --help"
+            opts="-v -q -h --disk --changes --bitmap --since --checkpoint --full --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -405,7 +405,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__init)
-            opts="-h --block-size --pack-size --help"
+            opts="-v -q -h --block-size --pack-size --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -427,7 +427,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__list)
-            opts="-h --json --help"
+            opts="-v -q -h --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -441,7 +441,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__mount)
-            opts="-h --help"
+            opts="-v -q -h --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -455,7 +455,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__protect)
-            opts="-h --off --help"
+            opts="-v -q -h --off --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -469,7 +469,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__stats)
-            opts="-h --json --help"
+            opts="-v -q -h --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -483,7 +483,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__verify)
-            opts="-h --json --help"
+            opts="-v -q -h --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

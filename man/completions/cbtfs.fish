@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_cbtfs_global_optspecs
-    string join \n h/help V/version
+    string join \n v/verbose q/quiet h/help V/version
 end
 
 function __fish_cbtfs_needs_command
@@ -24,6 +24,8 @@ function __fish_cbtfs_using_subcommand
     contains -- $cmd[1] $argv
 end
 
+complete -c cbtfs -n "__fish_cbtfs_needs_command" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
+complete -c cbtfs -n "__fish_cbtfs_needs_command" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -s V -l version -d 'Print version'
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -f -a "init" -d 'Create a new repository'
@@ -40,6 +42,8 @@ complete -c cbtfs -n "__fish_cbtfs_needs_command" -f -a "generate-docs" -d 'Writ
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand init" -l block-size -d 'Block size: a power of two from 4K to 4M, e.g. 64K, 1M or 131072' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand init" -l pack-size -d 'Pack files are closed at about this size, from 1M to 64G; later ingests append to the newest pack until then. Larger packs mean fewer files, smaller ones less copying when gc rewrites a pack' -r
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand init" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand init" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand init" -s h -l help -d 'Print help'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l disk -d 'A disk of this point and its source: a raw image file, a block device, a qcow2 image, or an NBD export (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH); repeat per disk' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l changes -d 'Changed-block map (JSON [{"offset":BYTES,"length":BYTES},...]) of a disk since --since' -r
@@ -48,11 +52,19 @@ complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l since -d 'Checkpo
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l checkpoint -d 'Checkpoint id of this point (unique per machine); later maps are relative to it' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l full -d 'Full backup of every disk, whatever the chain holds'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l json -d 'Print a JSON summary on stdout'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -s h -l help -d 'Print help'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand list" -l json -d 'Print JSON on stdout'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand list" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand list" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand list" -s h -l help -d 'Print help'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand mount" -s h -l help -d 'Print help'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand mount" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand mount" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand mount" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand verify" -l json -d 'Print a JSON report on stdout'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand verify" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand verify" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand verify" -s h -l help -d 'Print help'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l keep-last -d 'Keep the newest N points' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l keep-daily -d 'Keep the newest point of each of the newest N days (UTC)' -r
@@ -61,20 +73,32 @@ complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l keep-monthly -d '
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l dry-run -d 'Show what would be forgotten; change nothing'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l wait -d 'Wait for mounts and verifies of the repository to end instead of failing (exit 4)'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l json -d 'Print a JSON summary on stdout'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -s h -l help -d 'Print help'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -l max-garbage -d 'Rewrite packs in which more than this share of the bytes is garbage (0 to 100)' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -l dry-run -d 'Report what would be reclaimed; change nothing'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -l wait -d 'Wait for mounts and verifies of the repository to end instead of failing (exit 4)'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -l json -d 'Print a JSON summary on stdout'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -s h -l help -d 'Print help'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand protect" -l off -d 'Lift the protection instead'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand protect" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand protect" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand protect" -s h -l help -d 'Print help'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand stats" -l json -d 'Print JSON on stdout'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand stats" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand stats" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand stats" -s h -l help -d 'Print help'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand export" -l format -d 'raw (sparse) or qcow2 (through qemu-img)' -r -f -a "raw\t''
 qcow2\t''"
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand export" -l json -d 'Print a JSON summary on stdout'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand export" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand export" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand export" -s h -l help -d 'Print help'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand generate-docs" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand generate-docs" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand generate-docs" -s h -l help -d 'Print help'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "init" -d 'Create a new repository'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "ingest" -d 'Add a restore point (full, by changed-block map, or by full scan)'

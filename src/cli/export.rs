@@ -1,4 +1,3 @@
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::bail;
@@ -49,23 +48,10 @@ pub fn run(a: Args) -> super::Outcome {
     let store = Store::new(&repo.path, 64 << 20, repo.block_size);
     let img = ImageReader::new(store, d.lineage, point.seq, d.size);
     let format = if a.format == "qcow2" { Format::Qcow2 } else { Format::Raw };
-    // Progress on a terminal only, at most once a percent.
-    let tty = std::io::stderr().is_terminal();
-    let mut shown = u64::MAX;
     let started = std::time::Instant::now();
-    let r = export(&img, &a.output, format, |done, total| {
-        let pct = (done * 100).checked_div(total).unwrap_or(100);
-        if tty && pct != shown {
-            shown = pct;
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            let rate = done as f64 / secs;
-            let eta = if rate > 0.0 { (total - done) as f64 / rate } else { 0.0 };
-            eprint!("\r{pct:3}%  {:.0} MB/s  ETA {eta:.0} s  ", rate / 1e6);
-        }
-    })?;
-    if tty {
-        eprintln!();
-    }
+    let bar = super::progress::bytes(&a.disk, img.size());
+    let r = export(&img, &a.output, format, |d, _| bar.set_position(d))?;
+    bar.finish_and_clear();
     if a.json {
         let v = serde_json::json!({
             "machine": a.machine, "point": point.name(), "disk": a.disk, "output": a.output,

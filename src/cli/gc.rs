@@ -29,7 +29,9 @@ pub fn run(a: Args) -> super::Outcome {
     let repo = Repo::open(&a.repo)?;
     let writer = repo.lock_writer()?;
     let _readers = repo.lock_readers_exclusive(a.wait)?;
-    let r = cbtfs::gc::gc(&repo, &writer, a.max_garbage / 100.0, a.dry_run)?;
+    let mut bar = super::progress::Tracker::new("gc");
+    let r = cbtfs::gc::gc(&repo, &writer, a.max_garbage / 100.0, a.dry_run, |d, t| bar.update(d, t))?;
+    bar.finish();
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["dry_run"] = serde_json::json!(a.dry_run);

@@ -65,9 +65,25 @@ pub fn run(a: Args) -> super::Outcome {
     let mut repo = Repo::open(&a.repo)?;
     let plan = ingest::plan(&repo, &req)?;
     for w in &plan.warnings {
-        eprintln!("warning: {w}");
+        super::warn(w);
     }
-    let report = plan.execute(&mut repo)?;
+    let mut bar = None;
+    let report = plan.execute_with_progress(&mut repo, &mut |p| match p {
+        ingest::Progress::Disk { name, bytes } => {
+            if let Some(b) = bar.replace(super::progress::bytes(name, bytes)) {
+                b.finish_and_clear();
+            }
+        }
+        ingest::Progress::Read { bytes } => {
+            if let Some(b) = &bar {
+                b.inc(bytes);
+            }
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let report = report?;
     let secs = started.elapsed().as_secs_f64();
     if a.json {
         let mut v = serde_json::to_value(&report)?;

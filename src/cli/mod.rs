@@ -10,11 +10,32 @@ pub mod ingest;
 pub mod init;
 pub mod list;
 pub mod mount;
+pub mod progress;
 pub mod protect;
 pub mod stats;
 pub mod verify;
 
-use clap::{Parser, Subcommand};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{ArgAction, Parser, Subcommand};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// `--quiet` was given: no progress bars, no warnings or notes.
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+pub fn set_quiet(q: bool) {
+    QUIET.store(q, Ordering::Relaxed);
+}
+
+/// A warning for the user on stderr, unless `--quiet`.
+pub fn warn(msg: impl std::fmt::Display) {
+    if !quiet() {
+        eprintln!("warning: {msg}");
+    }
+}
 
 /// Exit codes are part of the interface (see the man page).
 pub mod exit {
@@ -30,8 +51,29 @@ pub mod exit {
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 verify found damage, 4 repository busy.",
     after_long_help = EXAMPLES)]
 pub struct Cli {
+    /// More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bars, warnings or notes; errors and results only
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log filter for env_logger when RUST_LOG is not set. fuser warns
+    /// when the kernel side is already gone after `umount`, which is the
+    /// normal way to stop a mount: keep only its errors unless asked.
+    pub fn log_filter(&self) -> &'static str {
+        match (self.quiet, self.verbose) {
+            (true, _) => "error",
+            (false, 0) => "warn,fuser=error",
+            (false, 1) => "info,fuser=warn",
+            (false, 2) => "debug,fuser=info",
+            (false, _) => "trace",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -15,7 +15,9 @@ pub struct Args {
 pub fn run(a: Args) -> super::Outcome {
     let repo = Repo::open(&a.repo)?;
     let _readers = repo.lock_readers_shared()?;
-    let r = verify(&repo, |_, _| {})?;
+    let mut bar = super::progress::Tracker::new("verify");
+    let r = verify(&repo, |d, t| bar.update(d, t))?;
+    bar.finish();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -32,10 +34,10 @@ pub fn run(a: Args) -> super::Outcome {
                 if users.is_empty() { "no restore point".to_string() } else { users.join(", ") }
             );
         }
-        for name in &r.leftover_packs {
+        for name in r.leftover_packs.iter().filter(|_| !super::quiet()) {
             eprintln!("note: pack {name} is not in the index (left by an interrupted ingest, or being written now); the next ingest removes it");
         }
-        for t in &r.uncommitted_tails {
+        for t in r.uncommitted_tails.iter().filter(|_| !super::quiet()) {
             eprintln!("note: pack {} has {} bytes past its committed end (left by an interrupted ingest, or being written now); the next ingest cuts them off", t.pack, t.bytes);
         }
         if r.ok {

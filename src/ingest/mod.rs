@@ -106,13 +106,26 @@ pub struct Plan {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DiskReport {
     pub name: String,
+    /// How the disk was read: full, map, bitmap or scan.
     pub kind: &'static str,
+    /// Why a disk was scanned rather than read by map or bitmap.
     pub reason: Option<String>,
     pub size: u64,
     pub blocks_read: u64,
+    pub bytes_read: u64,
     pub blocks_stored: u64,
     pub blocks_deduplicated: u64,
     pub bytes_stored: u64,
+    pub seconds: f64,
+}
+
+/// What an ingest reports as it goes, for progress display.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// Reading of a disk starts; `bytes` is what it will read.
+    Disk { name: &'a str, bytes: u64 },
+    /// `bytes` more of the current disk were read and stored.
+    Read { bytes: u64 },
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -276,6 +289,11 @@ impl Plan {
     /// Reads, stores and commits. On any error nothing is committed and
     /// packs written so far are removed.
     pub fn execute(self, repo: &mut Repo) -> Result<Report> {
+        self.execute_with_progress(repo, &mut |_| {})
+    }
+
+    /// [`Plan::execute`], reporting progress as it reads.
+    pub fn execute_with_progress(self, repo: &mut Repo, progress: &mut dyn FnMut(Progress)) -> Result<Report> {
         let lock = &self._lock;
         repo.remove_orphan_packs(lock)?;
         let block_size = repo.block_size;
@@ -284,7 +302,7 @@ impl Plan {
         // connection, so it is opened with SQL rather than a Transaction
         // guard; every exit path below commits or rolls back.
         repo.index.conn().execute_batch("BEGIN IMMEDIATE")?;
-        let result = self.execute_in_tx(repo, &repo_path, block_size);
+        let result = self.execute_in_tx(repo, &repo_path, block_size, progress);
         match result {
             Ok((report, packs)) => {
                 let committed = repo.index.conn().execute_batch("COMMIT");
@@ -315,6 +333,7 @@ impl Plan {
         repo: &Repo,
         repo_path: &std::path::Path,
         block_size: u32,
+        progress: &mut dyn FnMut(Progress),
     ) -> Result<(Report, Vec<crate::pack::writer::SealedPack>)> {
         let idx = &repo.index;
         let now = crate::repo::now_unix();
@@ -332,7 +351,17 @@ impl Plan {
                 Some(p) => p.lineage,
                 None => idx.insert_lineage(machine, &d.name)?,
             };
-            let stats = store.ingest_disk(d, lineage, seq)?;
+            let started = std::time::Instant::now();
+            let stats = store.ingest_disk(d, lineage, seq, progress)?;
+            let seconds = started.elapsed().as_secs_f64();
+            log::info!(
+                "disk {}: {} in {seconds:.2} s, {} blocks read, {} stored, {} deduplicated",
+                d.name,
+                d.kind.as_str(),
+                stats.blocks_read,
+                stats.blocks_stored,
+                stats.blocks_deduplicated
+            );
             idx.insert_point_disk(&PointDiskRow {
                 id: crate::ids::PointDiskId(0),
                 point,
@@ -351,12 +380,16 @@ impl Plan {
                 reason: d.reason.clone(),
                 size: d.source.size,
                 blocks_read: stats.blocks_read,
+                bytes_read: stats.bytes_read,
                 blocks_stored: stats.blocks_stored,
                 blocks_deduplicated: stats.blocks_deduplicated,
                 bytes_stored: stats.bytes_stored,
+                seconds,
             });
         }
+        let sealing = std::time::Instant::now();
         let packs = store.finish()?;
+        log::debug!("packs written out and synced in {:.2} s", sealing.elapsed().as_secs_f64());
         Ok((
             Report {
                 machine: self.machine.clone(),

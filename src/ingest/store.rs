@@ -22,7 +22,7 @@ use crate::ranges::RangeSet;
 use crate::span::block_count;
 
 use super::source::{AlignedBuf, SourceReader};
-use super::{DiskPlan, Kind};
+use super::{DiskPlan, Kind, Progress};
 
 /// Bytes read per batch: large enough to keep both cores busy, small
 /// enough to keep memory flat.
@@ -33,6 +33,7 @@ const BATCHES_IN_FLIGHT: usize = 2;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DiskStats {
     pub blocks_read: u64,
+    pub bytes_read: u64,
     pub blocks_stored: u64,
     pub blocks_deduplicated: u64,
     pub bytes_stored: u64,
@@ -157,7 +158,13 @@ impl<'a> BlockStore<'a> {
         }
     }
 
-    pub fn ingest_disk(&mut self, d: &DiskPlan, lineage: LineageId, seq: i64) -> Result<DiskStats> {
+    pub fn ingest_disk(
+        &mut self,
+        d: &DiskPlan,
+        lineage: LineageId,
+        seq: i64,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<DiskStats> {
         let bs = self.bs();
         let size = d.source.size;
         let nblocks = block_count(size, self.block_size);
@@ -192,13 +199,21 @@ impl<'a> BlockStore<'a> {
             }
         }
 
+        // Whole blocks, but the disk's last block may be partial.
+        let tail_short = if to_read.runs().last().is_some_and(|r| r.end == nblocks) { nblocks * bs - size } else { 0 };
+        let read_bytes = to_read.len() * bs - tail_short;
+        log::debug!("disk {}: {} of {} blocks to read", d.name, to_read.len(), nblocks);
+        progress(Progress::Disk { name: &d.name, bytes: read_bytes });
         let (rx, recycle) = spawn_reader(d.source.reader()?, self.block_size, to_read);
         // A scan mostly reads blocks that did not change: compress only the
         // ones that did. Otherwise nearly every block read is new.
         let rx = spawn_hasher(rx, self.block_size, d.kind != Kind::Scan);
         for hashed in rx {
             let hashed = hashed.map_err(|e| Error::io(format!("disk {}: cannot read source {}", d.name, d.source.path.display()), e))?;
+            let bytes = (hashed.batch.count as u64 * bs).min(size - (hashed.batch.first * bs).min(size));
+            stats.bytes_read += bytes;
             self.store_batch(hashed, lineage, d.prev.as_ref().map(|p| p.seq), seq, &mut stats, &recycle)?;
+            progress(Progress::Read { bytes });
         }
         Ok(stats)
     }
