@@ -3,13 +3,15 @@
 #
 #   scripts/demo.sh [--workdir DIR] [--keep]
 #
-# Builds cbtfs, makes a 256 MiB ext4 disk image with a small file tree, and
-# backs it up three times into a cbtfs repository:
+# Builds cbtfs, makes a 256 MiB disk image partitioned like a VM's (GPT, an
+# ext4 root partition) with a small file tree, and backs it up three times
+# into a cbtfs repository:
 #   1. a full restore point                        (--checkpoint c1)
 #   2. an incremental one from a changed-block map (--changes, --since c1)
 #   3. one without a map, which falls back to a full scan with a warning
-# Then it lists the chain, mounts the repository, loop-mounts every restore
-# point's disk image read-only, shows how a file differs between points,
+# Then it lists the chain, mounts the repository, loop-mounts the root
+# partition of every restore point read-only (the mount shows each partition
+# as a file of its own), shows how a file differs between points,
 # checks the images byte for byte against copies of the disk, runs
 # `cbtfs verify`, and cleans up. Exits 0 only if every step and check passed.
 #
@@ -58,7 +60,7 @@ install_cleanup_trap
 # ------------------------------------------------------------------------
 section "Preparing"
 require_root
-ensure_deps mkfs.ext4 fusermount3 losetup mount mountpoint python3 cmp diff find dd pgrep
+ensure_deps mkfs.ext4 fusermount3 losetup mount mountpoint python3 cmp diff find dd pgrep sfdisk:fdisk
 build_cbtfs
 info "cbtfs binary: $CBTFS"
 
@@ -82,10 +84,21 @@ VIEW=$W/view             # read-only loop mounts of the restore points
 CHANGEMAP=$SCRIPT_LIB/changemap.py
 
 # ------------------------------------------------------------------------
-section "Making a $DISK_SIZE ext4 disk image with some files"
+section "Making a $DISK_SIZE disk image (GPT, ext4 root partition) with some files"
 truncate -s "$DISK_SIZE" "$IMG"
-run mkfs.ext4 -q -F -L demo-root -E lazy_itable_init=0,lazy_journal_init=0 "$IMG"
-loop_mount "$IMG" "$FS"
+show_cmd "printf 'label: gpt\\nstart=2048, type=linux, name=root\\n' | sfdisk $IMG"
+printf 'label: gpt\nstart=2048, type=linux, name=root\n' | sfdisk --quiet --no-reread --no-tell-kernel "$IMG"
+# Where partition 1 lies, in bytes, for the loop devices used to fill it.
+read -r PART_START PART_SIZE < <(sfdisk --json "$IMG" | python3 -c '
+import json, sys
+p = json.load(sys.stdin)["partitiontable"]["partitions"][0]
+print(p["start"] * 512, p["size"] * 512)')
+PART_OPTS="offset=$PART_START,sizelimit=$PART_SIZE"
+info "partition 1: $PART_SIZE bytes from byte $PART_START"
+dev=$(losetup --find --show --offset "$PART_START" --sizelimit "$PART_SIZE" "$IMG")
+run mkfs.ext4 -q -F -L demo-root -E lazy_itable_init=0,lazy_journal_init=0 "$dev"
+losetup -d "$dev"
+loop_mount "$IMG" "$FS" "rw,$PART_OPTS"
 
 mkdir -p "$FS"/etc/app "$FS"/etc/ssh "$FS"/photos "$FS"/var/log "$FS"/home/alice
 cat >"$FS/etc/hostname" <<'EOF'
@@ -155,7 +168,7 @@ info "kept a copy of the disk as backed up: $COPY1"
 
 # ------------------------------------------------------------------------
 section "Changing files on the disk"
-loop_mount "$IMG" "$FS"
+loop_mount "$IMG" "$FS" "rw,$PART_OPTS"
 run sed -i 's/^workers = 4$/workers = 8/; s/^new_checkout = false$/new_checkout = true/' "$FS/etc/app/app.conf"
 info "edited etc/app/app.conf (workers = 8, new_checkout = true)"
 for i in $(seq 1 200); do
@@ -181,7 +194,7 @@ cp --sparse=always "$IMG" "$COPY2"
 
 # ------------------------------------------------------------------------
 section "Changing files again"
-loop_mount "$IMG" "$FS"
+loop_mount "$IMG" "$FS" "rw,$PART_OPTS"
 run sed -i 's/^pool_size = 10$/pool_size = 25/; s/^request_timeout = 30s$/request_timeout = 10s/' "$FS/etc/app/app.conf"
 info "edited etc/app/app.conf (pool_size = 25, request_timeout = 10s)"
 echo "2026-11-23 10:00:00 WARN pool exhausted, raising pool_size" >>"$FS/var/log/app.log"
@@ -228,9 +241,11 @@ check "latest points at ${POINTS[2]}" \
 
 # ------------------------------------------------------------------------
 section "Looking inside every restore point (read-only loop mounts)"
+check "each point shows the disk and its partition" \
+    test "$(ls "$MNT/$MACHINE/latest" | tr '\n' ' ')" = "$DISK-part1.img $DISK.img "
 for p in "${POINTS[@]}"; do
-    img=$MNT/$MACHINE/$p/$DISK.img
-    info "$p: $(file_bytes "$img") bytes"
+    img=$MNT/$MACHINE/$p/$DISK-part1.img
+    info "$p: $DISK.img $(file_bytes "$MNT/$MACHINE/$p/$DISK.img") bytes; $DISK-part1.img $(file_bytes "$img") bytes"
     # noload: never replay a journal on a read-only image
     mkdir -p "$VIEW/$p"
     register_loop_mount "$VIEW/$p"
