@@ -24,6 +24,10 @@ pub enum Error {
     /// change it under them.
     #[error("repository {0} is in use by a mount or a verify; stop them first, or pass --wait to wait for them")]
     InUse(PathBuf),
+    /// Retention (forget, gc) is changing the repository: readers must
+    /// not start until it ends.
+    #[error("repository {0} is being pruned (forget or gc); try again when that has finished")]
+    Pruning(PathBuf),
 }
 
 impl From<rusqlite::Error> for Error {

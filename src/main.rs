@@ -10,7 +10,7 @@ use cli::{Cli, Command, exit};
 
 fn exit_code_for(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<cbtfs::Error>() {
-        Some(cbtfs::Error::Busy(_)) | Some(cbtfs::Error::InUse(_)) => exit::BUSY,
+        Some(cbtfs::Error::Busy(_) | cbtfs::Error::InUse(_) | cbtfs::Error::Pruning(_)) => exit::BUSY,
         _ => exit::ERROR,
     }
 }

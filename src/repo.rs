@@ -136,10 +136,7 @@ impl Repo {
         };
         match file.try_lock_shared() {
             Ok(()) => Ok(ReaderLock { _file: Some(file) }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Input(format!(
-                "repository {} is being pruned (forget or gc); try again when that has finished",
-                self.path.display()
-            ))),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Pruning(self.path.clone())),
             Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock the repository for reading", e)),
         }
     }

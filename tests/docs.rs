@@ -50,11 +50,16 @@ fn pages_render_and_completions_load() {
         assert!(out.status.success(), "man -l {name}: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("NAME") && text.contains("SYNOPSIS"), "{name} did not render:\n{text}");
+        // Every page: its exit statuses and at least one example command.
+        let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(words.contains("EXIT STATUS 0 Success. 1 Error"), "{name} lists no exit statuses:\n{text}");
+        let command = name.trim_start_matches('/').trim_end_matches(".1").replacen('-', " ", 1);
+        let example = words.split("EXAMPLES").nth(1).unwrap_or("");
+        assert!(example.contains(&command), "{name} has no example of `{command}`:\n{text}");
     }
-    let main = Command::new("man").args(["-l", "-P", "cat"]).arg(man_dir().join("cbtfs.1")).output().unwrap();
-    // man justifies lines: compare with single spaces.
-    let text = String::from_utf8_lossy(&main.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
-    assert!(text.contains("Exit codes: 0 success") && text.contains("Examples: cbtfs init"), "cbtfs(1) must give exit codes and examples:\n{text}");
+    let verify = Command::new("man").args(["-l", "-P", "cat"]).arg(man_dir().join("cbtfs-verify.1")).output().unwrap();
+    let words = String::from_utf8_lossy(&verify.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(words.contains("3 Damage found"), "verify documents exit status 3:\n{words}");
 
     let bash = man_dir().join("completions/cbtfs.bash");
     let out = Command::new("bash").arg("-c").arg(format!("source {} && complete -p cbtfs", p(&bash))).output().unwrap();

@@ -211,6 +211,38 @@ fn retention_waits_for_mounts() {
     assert_eq!(seqs(&repo), vec![2, 3, 4]);
 }
 
+/// While forget or gc holds the repository (here: its exclusive readers
+/// lock, held with flock(1) as they hold it), mounts, verifies and exports
+/// do not start: exit 4, a message saying why, nothing created.
+#[test]
+fn readers_refused_while_pruning() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    build_chain(&s, &repo, 2, 256 << 10, 0xd1);
+    let mut holder = std::process::Command::new("flock")
+        .args(["-x", "--no-fork", &p(&repo.join("readers")), "sleep", "30"])
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(300));
+    let r = p(&repo);
+    let out_file = s.path("out.img");
+    let mp = s.mnt("m");
+    std::fs::create_dir_all(&mp).unwrap();
+    for args in [
+        vec!["verify", &r],
+        vec!["export", &r, "vm1", "latest", "sda", out_file.to_str().unwrap()],
+        vec!["mount", &r, mp.to_str().unwrap()],
+    ] {
+        let out = cbtfs(&args);
+        assert_eq!(out.code, Some(4), "{}", out.describe());
+        assert!(out.stderr.contains("being pruned"), "{}", out.describe());
+    }
+    assert!(!out_file.exists() && !is_fuse_mounted(&mp));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    verify_ok(&repo);
+}
+
 /// SIGKILL at several moments of gc and forget: every remaining point
 /// reads exactly, verify passes, and the next gc finishes the job.
 #[test]
