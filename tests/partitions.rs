@@ -59,7 +59,11 @@ impl LoopDev {
 }
 
 impl Drop for LoopDev {
+    /// Flushes what was written through the device (mtools writes through
+    /// its page cache) into the image before detaching: a detach does not
+    /// wait for it, and a copy of the image taken next would miss it.
     fn drop(&mut self) {
+        let _ = Command::new("blockdev").args(["--flushbufs", &self.0]).status();
         let _ = Command::new("losetup").args(["-d", &self.0]).status();
     }
 }
