@@ -84,7 +84,7 @@ impl Store {
             }
             self.located.lock().unwrap().put((lineage, seq, b), l);
         }
-        self.packs.will_need(&locs);
+        self.packs.stage(&locs);
         Ok(())
     }
 
@@ -145,6 +145,15 @@ impl ImageReader {
     /// appending (no zero-fill of memory about to be overwritten: that was
     /// a tenth of the mount's CPU time in sequential reads).
     pub fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_into(offset, len, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`ImageReader::read_vec`] into `out` (cleared first), so that a
+    /// caller can reuse one buffer for all its reads.
+    pub fn read_into(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        out.clear();
         // From here on, offsets are on the whole disk.
         let offset = self.start.saturating_add(offset).min(self.end);
         let end = offset.saturating_add(len as u64).min(self.end);
@@ -158,7 +167,7 @@ impl ImageReader {
         let blocks: Vec<u64> = ps.iter().map(|p| p.block).collect();
         let locations = self.store.locate(self.lineage, self.seq, &blocks)?;
         let bs = self.store.block_size as usize;
-        let mut out = Vec::with_capacity(total);
+        out.reserve(total);
         for (p, l) in ps.into_iter().zip(locations) {
             match l {
                 None => out.resize(out.len() + p.len, 0),
@@ -170,7 +179,7 @@ impl ImageReader {
                     if loc.raw_len as usize != bs {
                         return Err(short_frame(p.block, loc.raw_len as usize, bs));
                     }
-                    self.store.packs.read_block_append(&loc, &digest, &mut out)?;
+                    self.store.packs.read_block_append(&loc, &digest, out)?;
                 }
                 Some(found) => {
                     let data = self.block(p.block, found)?;
@@ -178,7 +187,7 @@ impl ImageReader {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// A block through the cache: parts of blocks are read by random and

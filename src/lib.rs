@@ -7,6 +7,7 @@
 //! `ingest` (adding points), `chain` + `image` (reading points),
 //! `catalog` (the browsable tree), `fuse` (translation to the kernel).
 
+pub mod aligned;
 pub mod catalog;
 pub mod chain;
 pub mod error;
