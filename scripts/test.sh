@@ -25,6 +25,9 @@ command -v sfdisk >/dev/null || need+=(fdisk)
 command -v mkfs.vfat >/dev/null || need+=(dosfstools)
 command -v mcopy >/dev/null || need+=(mtools)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+# shells whose completions are loaded
+command -v zsh >/dev/null || need+=(zsh)
+command -v fish >/dev/null || need+=(fish)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

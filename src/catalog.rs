@@ -59,9 +59,14 @@ pub struct Catalog {
     partitions: Mutex<HashMap<PointDiskId, Arc<Vec<Partition>>>>,
 }
 
-/// File name of partition `number` of disk `disk`.
+/// Name of partition `number` of disk `disk`, as `export` takes it.
+pub fn partition_name(disk: &str, number: u32) -> String {
+    format!("{disk}-part{number}")
+}
+
+/// File name of partition `number` of disk `disk` in the mount.
 pub fn partition_file_name(disk: &str, number: u32) -> String {
-    format!("{disk}-part{number}{IMAGE_SUFFIX}")
+    format!("{}{IMAGE_SUFFIX}", partition_name(disk, number))
 }
 
 impl Catalog {
@@ -77,7 +82,7 @@ impl Catalog {
         if let Some(p) = self.partitions.lock().unwrap().get(&d.id) {
             return p.clone();
         }
-        let img = ImageReader::new(self.store.clone(), d.lineage, seq, d.size);
+        let img = ImageReader::new(self.store.clone(), d.lineage, seq, d.size).without_read_ahead();
         let parts = match partition::read_table(d.size, |off, len| img.read_vec(off, len)) {
             Ok(t) => {
                 for why in &t.problems {

@@ -14,9 +14,10 @@ use crate::image::ImageReader;
 
 /// Bytes read and written per step.
 const CHUNK: usize = 4 << 20;
-/// All-zero pieces of this size are left as holes: the repository's
-/// default block size, so zero blocks cost no space in the export.
-const HOLE_GRAIN: usize = 64 << 10;
+/// All-zero pieces of this size are left as holes: the smallest block
+/// size a repository may have and the usual filesystem block, so zero
+/// blocks of any repository cost no space in the export.
+const HOLE_GRAIN: usize = 4 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -48,12 +49,28 @@ impl Drop for Cleanup {
     }
 }
 
-/// Writes `img` to `out` (which must not exist) in `format`; `progress` is
-/// called with (bytes done, total) as the export goes.
-pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl FnMut(u64, u64)) -> Result<Exported> {
+/// How far an export is, for progress display.
+#[derive(Debug, Clone, Copy)]
+pub enum Step {
+    /// `done` of `total` bytes of the image written (as raw).
+    Copied { done: u64, total: u64 },
+    /// The raw file is being converted to qcow2 (by qemu-img).
+    Converting,
+}
+
+/// Refuses an output path that exists: an export never replaces a file.
+pub fn check_output(out: &Path) -> Result<()> {
     if out.exists() || out.is_symlink() {
         return Err(Error::Input(format!("{} exists; remove it or choose another name", out.display())));
     }
+    Ok(())
+}
+
+/// Writes `img` to `out` (which must not exist) in `format`, reporting
+/// each [`Step`] to `progress`. A qcow2 export first writes a sparse raw
+/// file beside `out` (as much space as the disk's data), then converts it.
+pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl FnMut(Step)) -> Result<Exported> {
+    check_output(out)?;
     let raw_path = temp_beside(out, "raw");
     let cleanup = Cleanup(Some(raw_path.clone()));
     let file = OpenOptions::new()
@@ -86,7 +103,7 @@ pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl 
             }
         }
         offset += data.len() as u64;
-        progress(offset, size);
+        progress(Step::Copied { done: offset, total: size });
     }
     file.set_len(size).map_err(|e| Error::io(format!("cannot size {}", raw_path.display()), e))?;
     file.sync_all().map_err(|e| Error::io(format!("cannot sync {}", raw_path.display()), e))?;
@@ -94,6 +111,7 @@ pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl 
     match format {
         Format::Raw => publish(&raw_path, out)?,
         Format::Qcow2 => {
+            progress(Step::Converting);
             let q = temp_beside(out, "qcow2");
             let _q_cleanup = Cleanup(Some(q.clone()));
             let st = Command::new("qemu-img")

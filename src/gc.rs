@@ -75,7 +75,7 @@ pub fn gc(
             let garbage = frames.saturating_sub(u.live);
             report.garbage_bytes += garbage;
             if garbage > 0 && (u.live == 0 || garbage as f64 >= threshold * frames as f64) {
-                rewrite.push(u.id);
+                rewrite.push((u.id, u.size));
                 report.packs_removed += 1;
                 report.bytes_reclaimed += u.size;
             } else {
@@ -85,7 +85,7 @@ pub fn gc(
         if dry_run || rewrite.is_empty() {
             return Ok((report, Vec::new(), Vec::new()));
         }
-        let total: u64 = uses.iter().filter(|u| rewrite.contains(&u.id)).map(|u| u.size).sum();
+        let total: u64 = rewrite.iter().map(|&(_, size)| size).sum();
         let mut done = 0u64;
         log::info!("rewriting {} packs ({total} bytes)", rewrite.len());
         // Copy live frames, in pack order, into new packs.
@@ -101,7 +101,7 @@ pub fn gc(
             sealed.push(s);
             Ok(())
         };
-        for &old in &rewrite {
+        for &(old, old_size) in &rewrite {
             let live: Vec<(i64, FrameLoc, crate::ids::Digest)> = {
                 let mut st = conn.prepare(
                     "SELECT id, offset, stored_len, raw_len, digest FROM blocks WHERE pack_id = ?1 ORDER BY offset",
@@ -145,7 +145,7 @@ pub fn gc(
                 )?;
             }
             conn.execute("DELETE FROM packs WHERE id = ?1", [old])?;
-            done += uses.iter().find(|u| u.id == old).map_or(0, |u| u.size);
+            done += old_size;
             progress(done, total);
         }
         if let Some(w) = writer.take() {
@@ -154,7 +154,7 @@ pub fn gc(
         for s in &sealed {
             report.bytes_reclaimed = report.bytes_reclaimed.saturating_sub(s.len);
         }
-        Ok((report, sealed, rewrite))
+        Ok((report, sealed, rewrite.into_iter().map(|(id, _)| id).collect()))
     })();
     match res {
         Ok((report, sealed, old)) => {

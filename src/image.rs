@@ -114,11 +114,19 @@ pub struct ImageReader {
     start: u64,
     end: u64,
     stream: Stream,
+    /// Off for one-off reads (a partition table), which are not the
+    /// start of a sequential read and must not set read-ahead going.
+    read_ahead: bool,
 }
 
 impl ImageReader {
     pub fn new(store: Arc<Store>, lineage: LineageId, seq: i64, size: u64) -> ImageReader {
-        ImageReader { store, lineage, seq, start: 0, end: size, stream: Stream::default() }
+        ImageReader { store, lineage, seq, start: 0, end: size, stream: Stream::default(), read_ahead: true }
+    }
+
+    /// This image without read-ahead, for a few small reads.
+    pub fn without_read_ahead(self) -> ImageReader {
+        ImageReader { read_ahead: false, ..self }
     }
 
     /// The `len` bytes from `start` of this image, as an image of their own.
@@ -157,7 +165,9 @@ impl ImageReader {
         // From here on, offsets are on the whole disk.
         let offset = self.start.saturating_add(offset).min(self.end);
         let end = offset.saturating_add(len as u64).min(self.end);
-        if let Some(ahead) = self.stream.advance(offset, end, self.end) {
+        if self.read_ahead
+            && let Some(ahead) = self.stream.advance(offset, end, self.end)
+        {
             for job in readahead::jobs(self.lineage, self.seq, ahead, self.store.block_size) {
                 self.store.read_ahead.request(job);
             }

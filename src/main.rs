@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(cli.log_filter())).init();
+    cli::progress::init_logging(cli.log_filter());
     cli::set_quiet(cli.quiet);
     let res = match cli.command {
         Command::Init(a) => cli::init::run(a),

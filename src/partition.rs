@@ -7,7 +7,9 @@
 //! together yields no partitions and a reason, never a partition outside
 //! the disk. Numbering follows Linux, so `sda-part5.img` is what the
 //! restored machine called `/dev/sda5`: MBR primaries 1-4, logical
-//! partitions from 5 in chain order; GPT entry index + 1.
+//! partitions from 5 in chain order; GPT entry index + 1. MBR tables are
+//! read with 512-byte sectors (what virtual disks use); GPT with 512- or
+//! 4096-byte sectors, whichever holds a valid header.
 
 use std::collections::HashSet;
 
@@ -107,17 +109,23 @@ fn mbr_entries(sector: &[u8]) -> Option<[MbrEntry; 4]> {
     Some(out)
 }
 
-/// Adds a partition after checking that it lies on the disk.
+/// Adds a partition after checking that it lies on the disk. One that
+/// runs past the end is cut there, as Linux does (a disk image that was
+/// shrunk, or copied short): its filesystem may still be readable, and
+/// it is often the one with the data.
 fn push(t: &mut Table, size: u64, number: u32, start: u64, len: u64) {
     if number > MAX_NUMBER {
         t.problems.push(format!("partition {number} ignored: more than {MAX_NUMBER} partitions"));
     } else if len == 0 {
         // Nothing to show.
-    } else if start >= size || start.checked_add(len).is_none_or(|end| end > size) {
+    } else if start >= size {
+        t.problems.push(format!("partition {number} ignored: it starts at byte {start}, past the end of the disk ({size} bytes)"));
+    } else if start.checked_add(len).is_none_or(|end| end > size) {
         t.problems.push(format!(
-            "partition {number} ignored: bytes {start}..{} lie past the end of the disk ({size} bytes)",
-            start.saturating_add(len)
+            "partition {number} runs past the end of the disk ({size} bytes); shown cut to {} bytes",
+            size - start
         ));
+        t.partitions.push(Partition { number, start, len: size - start });
     } else {
         t.partitions.push(Partition { number, start, len });
     }
@@ -152,7 +160,11 @@ fn mbr_partitions<E>(
     let mut ebr_lba = ext_lba;
     let mut seen = HashSet::new();
     let mut number = 5u32;
-    while seen.len() < MAX_LOGICAL {
+    loop {
+        if seen.len() == MAX_LOGICAL {
+            t.problems.push(format!("logical partitions: more than {MAX_LOGICAL}; the rest are ignored"));
+            break;
+        }
         if !seen.insert(ebr_lba) {
             t.problems.push(format!("logical partitions: boot record at sector {ebr_lba} links back to an earlier one"));
             break;
@@ -167,18 +179,22 @@ fn mbr_partitions<E>(
             t.problems.push(format!("logical partitions: no valid boot record at sector {ebr_lba}"));
             break;
         };
-        let (part, next) = (ebr[0], ebr[1]);
-        if part.kind != 0 && part.sectors != 0 {
-            push(t, size, number, (ebr_lba + part.start_lba as u64) * MBR_SECTOR, part.sectors as u64 * MBR_SECTOR);
-            number += 1;
+        // As Linux reads a boot record: any entry of an extended type is
+        // the link to the next record; the other used entries are logical
+        // partitions (normally one, in the first slot).
+        let mut next = None;
+        for e in ebr {
+            if MBR_TYPES_EXTENDED.contains(&e.kind) {
+                next = next.or(Some(e));
+            } else if e.kind != 0 && e.sectors != 0 {
+                push(t, size, number, (ebr_lba + e.start_lba as u64) * MBR_SECTOR, e.sectors as u64 * MBR_SECTOR);
+                number += 1;
+            }
         }
-        if next.kind == 0 || next.start_lba == 0 {
-            break;
+        match next {
+            Some(n) if n.start_lba != 0 => ebr_lba = ext_lba + n.start_lba as u64,
+            _ => break,
         }
-        ebr_lba = ext_lba + next.start_lba as u64;
-    }
-    if seen.len() >= MAX_LOGICAL {
-        t.problems.push(format!("logical partitions: more than {MAX_LOGICAL}; the rest are ignored"));
     }
     Ok(())
 }
@@ -320,18 +336,20 @@ mod tests {
     #[test]
     fn mbr_chain_loop_and_past_end_are_reported() {
         let mut d = vec![0u8; 16 * MIB];
-        mbr_entry(&mut d, 0, 0, 0x83, 2048, 1 << 30); // past the end
+        mbr_entry(&mut d, 0, 0, 0x83, 2048, 1 << 30); // past the end: cut
+        mbr_entry(&mut d, 0, 2, 0x83, 1 << 20, 64); // starts past the end: ignored
         mbr_entry(&mut d, 0, 1, 0x0f, 4096, 8192);
         mbr_entry(&mut d, 4096 * 512, 0, 0x83, 64, 64);
         mbr_entry(&mut d, 4096 * 512, 1, 0x05, 0x100, 64);
         mbr_entry(&mut d, (4096 + 0x100) * 512, 0, 0x83, 64, 64);
         mbr_entry(&mut d, (4096 + 0x100) * 512, 1, 0x05, 0x100, 64); // links to itself
         let t = read_table(d.len() as u64, disk_reader(&d)).unwrap();
-        let numbers: Vec<u32> = t.partitions.iter().map(|p| p.number).collect();
-        assert_eq!(numbers, [5, 6]);
-        assert_eq!(t.problems.len(), 2, "{:?}", t.problems);
-        assert!(t.problems[0].contains("past the end"));
-        assert!(t.problems[1].contains("links back"));
+        let got: Vec<(u32, u64)> = t.partitions.iter().map(|p| (p.number, p.len)).collect();
+        assert_eq!(got, [(1, 16 * MIB as u64 - 2048 * 512), (5, 64 * 512), (6, 64 * 512)]);
+        assert_eq!(t.problems.len(), 3, "{:?}", t.problems);
+        assert!(t.problems[0].contains("partition 1 runs past the end"), "{:?}", t.problems);
+        assert!(t.problems[1].contains("partition 3 ignored"), "{:?}", t.problems);
+        assert!(t.problems[2].contains("links back"), "{:?}", t.problems);
     }
 
     #[test]
@@ -415,7 +433,8 @@ mod tests {
     fn gpt_entry_past_end_is_ignored() {
         let mut d = gpt_disk(512);
         let mut entries = d[1024..1024 + 128 * 128].to_vec();
-        entries[40..48].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        entries[32..40].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        entries[40..48].copy_from_slice(&((1u64 << 40) + 10).to_le_bytes());
         gpt_header(&mut d, 512, 1, 2, &entries);
         let t = read_table(d.len() as u64, disk_reader(&d)).unwrap();
         let numbers: Vec<u32> = t.partitions.iter().map(|p| p.number).collect();

@@ -66,6 +66,7 @@ pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyR
     let blocks = idx.all_blocks()?;
     let total = blocks.len() as u64;
     let total_bytes: u64 = blocks.iter().map(|b| b.loc.stored_len as u64).sum();
+    log::info!("checking {total} blocks ({total_bytes} bytes stored)");
     let reader = PackReader::new(&repo.path);
     let mut bad: Vec<(BlockRow, String)> = Vec::new();
     let mut bytes = 0u64;

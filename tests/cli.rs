@@ -235,3 +235,35 @@ fn verbose_and_quiet_flags() {
     assert_eq!(point_names(&repo, "vm1").len(), before);
     assert!(Path::new(&r).join("index.sqlite").exists());
 }
+
+/// `mount --allow-other` lets another user (here: nobody) read the images,
+/// as a VM run by libvirt's QEMU user needs; without it FUSE refuses them.
+#[test]
+fn allow_other_lets_other_users_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let (repo, disk) = two_points(&s);
+    fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |path: &Path| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cmp", "-s"])
+            .arg(path)
+            .arg(&disk)
+            .status()
+            .unwrap()
+    };
+    let m = FuseMount::start(&repo, &s.mnt("m"));
+    let img = m.image("vm1", &latest_point(&repo, "vm1"), "sda");
+    assert!(!as_nobody(&img).success(), "without --allow-other another user must not read the mount");
+    m.unmount().ok();
+
+    let mp = s.mnt("m2");
+    fs::create_dir_all(&mp).unwrap();
+    let proc_ = spawn_cbtfs(&["mount", &p(&repo), &p(&mp), "--allow-other"], s.dir.path(), "allow-other");
+    assert!(wait_until(std::time::Duration::from_secs(10), || is_fuse_mounted(&mp)), "{}", proc_.stderr_so_far());
+    let img = mp.join("vm1").join(latest_point(&repo, "vm1")).join("sda.img");
+    let st = as_nobody(&img);
+    sh("umount", &[&p(&mp)]);
+    let _ = proc_.wait_timeout(std::time::Duration::from_secs(10));
+    assert!(st.success(), "with --allow-other, another user reads the same bytes");
+}

@@ -61,10 +61,36 @@ fn pages_render_and_completions_load() {
     let words = String::from_utf8_lossy(&verify.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(words.contains("3 Damage found"), "verify documents exit status 3:\n{words}");
 
+    // Each shell loads its completion and offers the subcommands, and
+    // never the hidden generate-docs.
     let bash = man_dir().join("completions/cbtfs.bash");
-    let out = Command::new("bash").arg("-c").arg(format!("source {} && complete -p cbtfs", p(&bash))).output().unwrap();
+    let script = format!(
+        "source {} && complete -p cbtfs >/dev/null && COMP_WORDS=(cbtfs '') COMP_CWORD=1 && _cbtfs cbtfs '' cbtfs && echo ${{COMPREPLY[@]}}",
+        p(&bash)
+    );
+    let out = Command::new("bash").arg("-c").arg(script).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("cbtfs"));
+    let offered = String::from_utf8_lossy(&out.stdout).into_owned();
+    let fish = Command::new("fish")
+        .arg("-c")
+        .arg(format!("source {}; complete -C 'cbtfs '", p(&man_dir().join("completions/cbtfs.fish"))))
+        .output()
+        .unwrap();
+    assert!(fish.status.success(), "{}", String::from_utf8_lossy(&fish.stderr));
+    let zsh_dir = man_dir().join("completions");
+    let zsh = Command::new("zsh")
+        .arg("-c")
+        .arg(format!("zsh -n {0}/_cbtfs && fpath=({0} $fpath) && autoload -U compinit && compinit -u -D && echo $_comps[cbtfs]", p(&zsh_dir)))
+        .output()
+        .unwrap();
+    assert!(zsh.status.success(), "{}", String::from_utf8_lossy(&zsh.stderr));
+    assert_eq!(String::from_utf8_lossy(&zsh.stdout).trim(), "_cbtfs", "zsh did not register the completion");
+    for (shell, words) in [("bash", offered), ("fish", String::from_utf8_lossy(&fish.stdout).into_owned())] {
+        for sub in ["ingest", "mount", "export", "gc"] {
+            assert!(words.split_whitespace().any(|w| w == sub), "{shell} does not offer {sub}: {words}");
+        }
+        assert!(!words.contains("generate-docs"), "{shell} offers the hidden generate-docs: {words}");
+    }
 
     let v = cbtfs(&["--version"]).ok();
     assert_eq!(v.stdout.trim(), format!("cbtfs {}", env!("CARGO_PKG_VERSION")));

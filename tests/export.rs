@@ -32,9 +32,9 @@ fn export_raw_and_qcow2_byte_exact() {
     let v = cbtfs(&["export", &p(&repo), "vm1", "1", "sda", &p(&old), "--json"]).ok().stdout_json();
     assert_same_file(&old, &first);
     assert_eq!(v["size"], 64 << 20);
-    // Data only where the disk's 64 KiB blocks are not zero: 48 blocks at
-    // 1 MiB and 2 at 40 MiB; the rest of the file is holes.
-    assert_eq!(v["data_bytes"], 50 * 65536, "{v}");
+    // Data only where the disk is not zero, to the 4 KiB page: 3 MiB at
+    // 1 MiB and 25 pages at 40 MiB; the rest of the file is holes.
+    assert_eq!(v["data_bytes"], (3 << 20) + 25 * 4096, "{v}");
 
     let q = s.path("latest.qcow2");
     cbtfs(&["export", &p(&repo), "vm1", "latest", "sda", &p(&q), "--format", "qcow2"]).ok();

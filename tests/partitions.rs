@@ -141,11 +141,14 @@ fn mbr_primary_and_logical_partitions_are_files() {
     init_repo(&repo, None);
     let disk = s.path("sda.raw");
     set_size(&disk, 448 * MIB);
-    // 1: ext4; 2: extended holding 5: FAT and 6: XFS (at least 300 MiB).
-    let parts = sfdisk(&disk, "label: dos\nstart=2048, size=40MiB, type=83\ntype=5\nsize=32MiB, type=c\ntype=83\n");
+    // 1: ext4, starting off the 64 KiB block grid; 2: extended holding
+    // 5: FAT and 6: XFS (at least 300 MiB), which ends where the disk ends.
+    let parts = sfdisk(&disk, "label: dos\nstart=2049, size=81920, type=83\nstart=86016, type=5\nstart=88064, size=32MiB, type=c\nstart=157696, type=83\n");
     let numbers: Vec<u32> = parts.iter().map(|p| p.0).collect();
     assert_eq!(numbers, [1, 2, 5, 6], "sfdisk made another layout: {parts:?}");
     let range = |n: u32| parts.iter().find(|p| p.0 == n).map(|p| (p.1, p.2)).unwrap();
+    assert_eq!(range(1).0, 2049 * 512);
+    assert_eq!(range(6).0 + range(6).1, 448 * MIB, "partition 6 ends at the end of the disk");
     let mut rng = Rng::new(61);
     let (t1, t5, t6) = (tree(&mut rng, &["etc/hosts", "srv/a.bin"]), tree(&mut rng, &["BOOT.TXT", "EFI.BIN"]), tree(&mut rng, &["var/log/x", "home/u/y.bin", "z"]));
     format_and_fill(&disk, range(1), "ext4", &t1, &s.mnt("fill"));
@@ -237,4 +240,15 @@ fn gpt_partitions_numbered_by_entry_and_read_from_backup_header() {
     // A partition that does not exist is not there.
     assert!(!p1.join("sda-part2.img").exists());
     m.unmount().ok();
+
+    // export takes a partition by the same name.
+    let out = s.path("part3.img");
+    cbtfs(&["export", &p(&repo), "vm1", "latest", "sda-part3", &p(&out)]).ok();
+    assert_is_range(&out, &disk, parts[1].1, parts[1].2);
+    let missing = s.path("part2.img");
+    let err = cbtfs(&["export", &p(&repo), "vm1", "latest", "sda-part2", &p(&missing)]).code_is(1);
+    assert!(err.stderr.contains("no partition 2") && err.stderr.contains("sda-part1, sda-part3"), "{}", err.describe());
+    let err = cbtfs(&["export", &p(&repo), "vm2", "latest", "sdb-part1", &p(&missing)]).code_is(1);
+    assert!(err.stderr.contains("no partition table"), "{}", err.describe());
+    assert!(!missing.exists());
 }

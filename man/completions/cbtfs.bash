@@ -25,9 +25,6 @@ _cbtfs() {
             cbtfs,gc)
                 cmd="cbtfs__subcmd__gc"
                 ;;
-            cbtfs,generate-docs)
-                cmd="cbtfs__subcmd__generate__subcmd__docs"
-                ;;
             cbtfs,help)
                 cmd="cbtfs__subcmd__help"
                 ;;
@@ -61,9 +58,6 @@ _cbtfs() {
             cbtfs__subcmd__help,gc)
                 cmd="cbtfs__subcmd__help__subcmd__gc"
                 ;;
-            cbtfs__subcmd__help,generate-docs)
-                cmd="cbtfs__subcmd__help__subcmd__generate__subcmd__docs"
-                ;;
             cbtfs__subcmd__help,help)
                 cmd="cbtfs__subcmd__help__subcmd__help"
                 ;;
@@ -95,7 +89,7 @@ _cbtfs() {
 
     case "${cmd}" in
         cbtfs)
-            opts="-v -q -h -V --verbose --quiet --help --version init ingest list mount verify forget gc protect stats export generate-docs help"
+            opts="-v -q -h --verbose --quiet --help init ingest list mount verify forget gc protect stats export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -174,22 +168,8 @@ _cbtfs() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        cbtfs__subcmd__generate__subcmd__docs)
-            opts="-v -q -h --verbose --quiet --help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
         cbtfs__subcmd__help)
-            opts="init ingest list mount verify forget gc protect stats export generate-docs help"
+            opts="init ingest list mount verify forget gc protect stats export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -231,20 +211,6 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__help__subcmd__gc)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        cbtfs__subcmd__help__subcmd__generate__subcmd__docs)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -441,7 +407,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__mount)
-            opts="-v -q -h --verbose --quiet --help"
+            opts="-v -q -h --allow-other --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

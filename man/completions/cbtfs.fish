@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_cbtfs_global_optspecs
-    string join \n v/verbose q/quiet h/help V/version
+    string join \n v/verbose q/quiet h/help
 end
 
 function __fish_cbtfs_needs_command
@@ -26,8 +26,7 @@ end
 
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
-complete -c cbtfs -n "__fish_cbtfs_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c cbtfs -n "__fish_cbtfs_needs_command" -s V -l version -d 'Print version'
+complete -c cbtfs -n "__fish_cbtfs_needs_command" -s h -l help -d 'Print help'
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -f -a "init" -d 'Create a new repository'
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -f -a "ingest" -d 'Add a restore point (full, by changed-block map, or by full scan)'
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -f -a "list" -d 'List machines, restore points and disks'
@@ -38,7 +37,6 @@ complete -c cbtfs -n "__fish_cbtfs_needs_command" -f -a "gc" -d 'Reclaim the spa
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -f -a "protect" -d 'Protect a restore point from forget, or lift the protection'
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -f -a "stats" -d 'Sizes, dedup and compression ratios, garbage'
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -f -a "export" -d 'Write one disk of a restore point to a file (sparse raw, or qcow2)'
-complete -c cbtfs -n "__fish_cbtfs_needs_command" -f -a "generate-docs" -d 'Write the man pages and shell completions (for packagers)'
 complete -c cbtfs -n "__fish_cbtfs_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand init" -l block-size -d 'Block size: a power of two from 4K to 4M, e.g. 64K, 1M or 131072' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand init" -l pack-size -d 'Pack files are closed at about this size, from 1M to 64G; later ingests append to the newest pack until then. Larger packs mean fewer files, smaller ones less copying when gc rewrites a pack' -r
@@ -59,6 +57,7 @@ complete -c cbtfs -n "__fish_cbtfs_using_subcommand list" -l json -d 'Print JSON
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand list" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand list" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand list" -s h -l help -d 'Print help'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand mount" -l allow-other -d 'Let other users read the tree too (a VM run by another user, e.g. libvirt\'s QEMU); for a mount by a user other than root, /etc/fuse.conf must say user_allow_other'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand mount" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand mount" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand mount" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -97,18 +96,14 @@ complete -c cbtfs -n "__fish_cbtfs_using_subcommand export" -l json -d 'Print a 
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand export" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand export" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand export" -s h -l help -d 'Print help'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand generate-docs" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand generate-docs" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand generate-docs" -s h -l help -d 'Print help'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "init" -d 'Create a new repository'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "ingest" -d 'Add a restore point (full, by changed-block map, or by full scan)'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "list" -d 'List machines, restore points and disks'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "mount" -d 'Serve every restore point as a disk image through read-only FUSE'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "verify" -d 'Re-read every stored block and check it'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "forget" -d 'Remove restore points, by name or by a keep policy (no data is rewritten)'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "gc" -d 'Reclaim the space of blocks no restore point uses'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "protect" -d 'Protect a restore point from forget, or lift the protection'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "stats" -d 'Sizes, dedup and compression ratios, garbage'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "export" -d 'Write one disk of a restore point to a file (sparse raw, or qcow2)'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "generate-docs" -d 'Write the man pages and shell completions (for packagers)'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export generate-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export help" -f -a "init" -d 'Create a new repository'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export help" -f -a "ingest" -d 'Add a restore point (full, by changed-block map, or by full scan)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export help" -f -a "list" -d 'List machines, restore points and disks'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export help" -f -a "mount" -d 'Serve every restore point as a disk image through read-only FUSE'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export help" -f -a "verify" -d 'Re-read every stored block and check it'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export help" -f -a "forget" -d 'Remove restore points, by name or by a keep policy (no data is rewritten)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export help" -f -a "gc" -d 'Reclaim the space of blocks no restore point uses'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export help" -f -a "protect" -d 'Protect a restore point from forget, or lift the protection'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export help" -f -a "stats" -d 'Sizes, dedup and compression ratios, garbage'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export help" -f -a "export" -d 'Write one disk of a restore point to a file (sparse raw, or qcow2)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand help; and not __fish_seen_subcommand_from init ingest list mount verify forget gc protect stats export help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -42,7 +42,10 @@ fn exit_statuses(command: &str) -> Vec<(u8, &'static str)> {
         "mount" | "export" => v.push((exit::BUSY, "The repository is being pruned (forget or gc); try again later.")),
         "cbtfs" => {
             v.push((exit::DAMAGE, "verify found damage."));
-            v.push((exit::BUSY, "The repository is busy: another writer, or for forget and gc a mount or verify."));
+            v.push((
+                exit::BUSY,
+                "The repository is busy: another writer holds it; for forget and gc, a mount or verify reads it; for mount, verify and export, forget or gc is pruning it.",
+            ));
         }
         _ => {}
     }
@@ -97,9 +100,41 @@ fn examples(command: &str) -> &'static [(&'static str, &'static str)] {
     }
 }
 
+/// Pages to point to from each page.
+fn related(command: &str) -> &'static [&'static str] {
+    match command {
+        "cbtfs" => &["init", "ingest", "list", "mount", "verify", "forget", "gc", "protect", "stats", "export"],
+        "init" => &["ingest"],
+        "ingest" => &["list", "mount", "forget"],
+        "list" => &["ingest", "stats"],
+        "mount" => &["export", "list"],
+        "verify" => &["gc"],
+        "forget" => &["gc", "protect"],
+        "gc" => &["forget", "stats"],
+        "protect" => &["forget"],
+        "stats" => &["gc"],
+        "export" => &["mount"],
+        _ => &[],
+    }
+}
+
+/// The command line as shells complete it: without hidden subcommands,
+/// which clap_complete would otherwise offer.
+fn visible(cmd: &clap::Command) -> clap::Command {
+    debug_assert_eq!(cmd.get_name(), "cbtfs");
+    let mut out = clap::Command::new("cbtfs");
+    for a in cmd.get_arguments() {
+        out = out.arg(a.clone());
+    }
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        out = out.subcommand(sub.clone());
+    }
+    out
+}
+
 /// The clap-rendered page with EXIT STATUS and EXAMPLES before VERSION.
 fn page(cmd: &clap::Command, command: &str, dir: &Path) -> anyhow::Result<()> {
-    let man = Man::new(cmd.clone());
+    let man = Man::new(cmd.clone()).source(format!("cbtfs {}", env!("CARGO_PKG_VERSION")));
     let path = dir.join(man.get_filename());
     let mut out = Vec::new();
     man.render_title(&mut out)?;
@@ -123,6 +158,24 @@ fn page(cmd: &clap::Command, command: &str, dir: &Path) -> anyhow::Result<()> {
         }
         roff.control("fi", NONE).control("RE", NONE);
     }
+    roff.control("SH", ["ENVIRONMENT"]);
+    roff.control("TP", NONE).text([bold("RUST_LOG")]).text([roman(
+        "Which log lines to print, as env_logger reads it (for example cbtfs=debug). When set, it replaces what -v and -q choose.",
+    )]);
+    roff.control("SH", ["SEE ALSO"]);
+    let mut see: Vec<String> = Vec::new();
+    if command != "cbtfs" {
+        see.push("cbtfs(1)".into());
+    }
+    for other in related(command) {
+        see.push(format!("cbtfs-{other}(1)"));
+    }
+    roff.text([roman(see.join(", "))]);
+    if cmd.get_arguments().any(|a| a.get_id() == "json") {
+        roff.control("PP", NONE).text([roman(
+            "The --json output and its fields are described, with examples, in docs/json.md of the cbtfs sources.",
+        )]);
+    }
     roff.to_writer(&mut out)?;
     if cmd.get_version().is_some() {
         man.render_version_section(&mut out)?;
@@ -143,7 +196,7 @@ pub fn run(a: Args) -> super::Outcome {
     let comp = a.dir.join("completions");
     std::fs::create_dir_all(&comp).with_context(|| format!("cannot create {}", comp.display()))?;
     for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
-        clap_complete::generate_to(shell, &mut super::Cli::command(), "cbtfs", &comp)
+        clap_complete::generate_to(shell, &mut visible(&super::Cli::command()), "cbtfs", &comp)
             .with_context(|| format!("cannot write {shell} completions to {}", comp.display()))?;
     }
     Ok(super::exit::OK)

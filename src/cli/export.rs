@@ -2,7 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
-use cbtfs::export::{Format, export};
+use cbtfs::export::{Format, Step, check_output, export};
+use cbtfs::catalog;
 use cbtfs::image::{ImageReader, Store};
 use cbtfs::repo::Repo;
 use cbtfs::retention;
@@ -15,7 +16,7 @@ pub struct Args {
     pub machine: String,
     /// Restore point: its name, its sequence number, or `latest`
     pub point: String,
-    /// Disk of the point
+    /// Disk of the point, or one of its partitions as the mount names it (DISK-partN)
     pub disk: String,
     /// File to write (must not exist)
     pub output: PathBuf,
@@ -41,16 +42,40 @@ pub fn run(a: Args) -> super::Outcome {
         retention::find_point(&points, &a.point, &a.machine)?
     };
     let disks = repo.index.point_disks(point.id)?;
-    let Some(d) = disks.iter().find(|d| d.name == a.disk) else {
+    let store = Store::new(&repo.path, 64 << 20, repo.block_size);
+    // A disk, or one of its partitions by its file name in the mount
+    // (DISK-partN).
+    let part_of = |d: &cbtfs::index::PointDiskRow| {
+        let n = a.disk.strip_prefix(d.name.as_str())?.strip_prefix("-part")?.parse::<u32>().ok()?;
+        Some(n)
+    };
+    let img = if let Some(d) = disks.iter().find(|d| d.name == a.disk) {
+        ImageReader::new(store, d.lineage, point.seq, d.size)
+    } else if let Some((d, n)) = disks.iter().find_map(|d| part_of(d).map(|n| (d, n))) {
+        let probe = ImageReader::new(store.clone(), d.lineage, point.seq, d.size).without_read_ahead();
+        let table = cbtfs::partition::read_table(d.size, |off, len| probe.read_vec(off, len))?;
+        let Some(p) = table.partitions.iter().find(|p| p.number == n) else {
+            let have: Vec<String> = table.partitions.iter().map(|p| catalog::partition_name(&d.name, p.number)).collect();
+            bail!(
+                "disk {} of restore point {} has no partition {n}; {}",
+                d.name,
+                point.name(),
+                if have.is_empty() { "it has no partition table".to_string() } else { format!("it has {}", have.join(", ")) }
+            );
+        };
+        ImageReader::new(store, d.lineage, point.seq, d.size).window(p.start, p.len)
+    } else {
         let names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
         bail!("restore point {} has no disk {}; it has {}", point.name(), a.disk, names.join(", "));
     };
-    let store = Store::new(&repo.path, 64 << 20, repo.block_size);
-    let img = ImageReader::new(store, d.lineage, point.seq, d.size);
     let format = if a.format == "qcow2" { Format::Qcow2 } else { Format::Raw };
+    check_output(&a.output)?;
     let started = std::time::Instant::now();
     let bar = super::progress::bytes(&a.disk, img.size());
-    let r = export(&img, &a.output, format, |d, _| bar.set_position(d))?;
+    let r = export(&img, &a.output, format, |step| match step {
+        Step::Copied { done, .. } => bar.set_position(done),
+        Step::Converting => super::progress::converting(&bar, "converting to qcow2 (qemu-img)"),
+    })?;
     bar.finish_and_clear();
     if a.json {
         let v = serde_json::json!({

@@ -106,7 +106,8 @@ pub enum Command {
 
 const EXAMPLES: &str = "\
 Exit codes: 0 success; 1 error (bad input, missing source, I/O failure), nothing changed; \
-2 usage error; 3 verify found damage; 4 repository busy (another writer, or for forget and gc a mount or verify).
+2 usage error; 3 verify found damage; 4 repository busy (another writer; for forget and gc, a mount or verify; \
+for mount, verify and export, a forget or gc).
 
 Examples:
   cbtfs init /backup/repo

@@ -15,6 +15,10 @@ pub struct Args {
     pub repo: PathBuf,
     /// Empty directory to mount on; runs in the foreground until `umount` or SIGINT/SIGTERM
     pub mountpoint: PathBuf,
+    /// Let other users read the tree too (a VM run by another user, e.g. libvirt's QEMU);
+    /// for a mount by a user other than root, /etc/fuse.conf must say user_allow_other
+    #[arg(long)]
+    pub allow_other: bool,
 }
 
 pub fn run(a: Args) -> super::Outcome {
@@ -27,7 +31,8 @@ pub fn run(a: Args) -> super::Outcome {
     let store = Store::new(&repo.path, CACHE_BYTES, repo.block_size);
     drop(repo);
     let fs = CbtFs::new(Catalog::new(store));
-    mount(fs, &a.mountpoint).with_context(|| {
+    log::info!("serving {} at {}", a.repo.display(), a.mountpoint.display());
+    mount(fs, &a.mountpoint, a.allow_other).with_context(|| {
         format!("cannot mount on {} (is FUSE available: /dev/fuse and fusermount3?)", a.mountpoint.display())
     })?;
     Ok(super::exit::OK)

@@ -164,9 +164,8 @@ impl Filesystem for CbtFs {
     ) {
         let img = self.handles.lock().unwrap().get(&fh.0).cloned();
         let Some(img) = img else { return reply.error(Errno::EBADF) };
-        // One reply buffer per FUSE thread, reused: a fresh allocation per
-        // read made the kernel's copy of the reply into the page cache
-        // (the largest cost of a sequential read) markedly slower.
+        // One reply buffer per FUSE thread, reused, rather than an
+        // allocation of up to a megabyte per read.
         thread_local! {
             static REPLY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
@@ -281,14 +280,21 @@ fn libc_accmode() -> i32 {
 
 /// Mounts `fs` at `mountpoint` and serves it until it is unmounted
 /// (`umount`) or the process gets SIGINT or SIGTERM, which unmount it.
-pub fn mount(fs: CbtFs, mountpoint: &Path) -> std::io::Result<()> {
-    serve(fs, mountpoint, "cbtfs")
+/// With `allow_other`, users other than the one mounting may read the
+/// tree (file modes still apply): a VM run by libvirt's QEMU user from an
+/// image in the mount needs it.
+pub fn mount(fs: CbtFs, mountpoint: &Path, allow_other: bool) -> std::io::Result<()> {
+    serve_with(fs, mountpoint, "cbtfs", allow_other)
 }
 
 /// Serves any read-only filesystem with cbtfs's FUSE settings (threads,
 /// read-ahead, signal handling). Public so that the benchmark's in-memory
 /// ceiling filesystem runs under exactly the same settings.
 pub fn serve<F: Filesystem>(fs: F, mountpoint: &Path, name: &str) -> std::io::Result<()> {
+    serve_with(fs, mountpoint, name, false)
+}
+
+fn serve_with<F: Filesystem>(fs: F, mountpoint: &Path, name: &str, allow_other: bool) -> std::io::Result<()> {
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::RO,
@@ -298,6 +304,9 @@ pub fn serve<F: Filesystem>(fs: F, mountpoint: &Path, name: &str) -> std::io::Re
         MountOption::NoDev,
         MountOption::DefaultPermissions,
     ];
+    if allow_other {
+        cfg.acl = fuser::SessionACL::All;
+    }
     // Reads of different blocks proceed in parallel on all cores.
     cfg.n_threads = Some(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2));
     let mut session = Session::new(fs, mountpoint, &cfg)?;

@@ -27,7 +27,12 @@ pub fn to_ino(node: Node) -> INodeNo {
         Node::Point(PointId(id)) => (POINT, id),
         Node::Latest(MachineId(id)) => (LATEST, id),
         Node::Image(PointDiskId(id)) => (IMAGE, id),
-        Node::Partition(PointDiskId(id), n) => (PARTITION, ((n as i64) << PART_SHIFT) | (id & PART_ID_MASK as i64)),
+        Node::Partition(PointDiskId(id), n) => {
+            // 2^48 disk rows would take longer to ingest than any machine
+            // lives; past that, partitions of two disks would share inodes.
+            debug_assert!(id as u64 <= PART_ID_MASK, "point disk id {id} too large for a partition inode");
+            (PARTITION, ((n as i64) << PART_SHIFT) | (id & PART_ID_MASK as i64))
+        }
     };
     INodeNo((tag << SHIFT) | (id as u64 & ID_MASK))
 }
