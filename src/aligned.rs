@@ -28,6 +28,11 @@ impl AlignedBuf {
         }
     }
 
+    /// The longest this buffer can be made without reallocating.
+    pub fn capacity(&self) -> usize {
+        self.raw.len() - self.start
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         &self.raw[self.start..self.start + self.len]
     }

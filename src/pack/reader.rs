@@ -44,16 +44,16 @@ fn open_packs_cap() -> usize {
     ((limit / 4) as usize).clamp(8, 256)
 }
 
-/// Frames waiting in memory for their read, at most: about 4 read-ahead
-/// windows of 64 KiB blocks. Frames never taken (a reader that stopped)
-/// are dropped oldest first.
-const STAGED_FRAMES: usize = 1024;
+/// Bytes of frames waiting in memory for their read, at most: a few
+/// read-ahead windows. Frames never taken (a reader that stopped, or that
+/// read them another way) are dropped oldest first.
+const STAGED_BYTES: u64 = 64 << 20;
 /// A run of adjacent frames is read with one request of at most this.
 const RUN_MAX: u64 = 1 << 20;
 
 /// Read-ahead buffers kept for reuse: allocating (and zeroing) a fresh
 /// one per run was a tenth of a sequential read's CPU time.
-const SPARE_BUFFERS: usize = 64;
+const SPARE_BUFFERS: usize = 32;
 
 /// Bytes of a pack read with direct I/O: `buf` holds the pack from `start`.
 /// Its buffer goes back to `spares` when the last frame is taken.
@@ -75,6 +75,40 @@ impl Drop for Run {
 /// A run being read (empty) or read (`Some`; `None` if the read failed).
 type Pending = Arc<OnceLock<Option<Arc<Run>>>>;
 
+/// Staged frames, oldest first, with the bytes of the runs they hold: a
+/// run counts in full until its last staged frame goes, since that frame
+/// keeps the whole buffer alive.
+struct Staged {
+    frames: LruCache<(PackId, u64), (Pending, u64)>,
+    bytes: u64,
+}
+
+impl Staged {
+    fn take(&mut self, key: &(PackId, u64)) -> Option<Pending> {
+        let (p, share) = self.frames.pop(key)?;
+        self.bytes -= share;
+        Some(p)
+    }
+
+    /// Stages the frames of one run; each carries an equal share of the
+    /// run's buffer. Drops the oldest frames beyond [`STAGED_BYTES`].
+    fn put(&mut self, keys: impl ExactSizeIterator<Item = (PackId, u64)>, pending: &Pending, run_bytes: u64) {
+        let share = run_bytes.div_ceil(keys.len().max(1) as u64);
+        for k in keys {
+            if let Some((_, old)) = self.frames.put(k, (pending.clone(), share)) {
+                self.bytes -= old;
+            }
+            self.bytes += share;
+        }
+        while self.bytes > STAGED_BYTES {
+            match self.frames.pop_lru() {
+                Some((_, (_, s))) => self.bytes -= s,
+                None => break,
+            }
+        }
+    }
+}
+
 pub struct PackReader {
     repo: PathBuf,
     files: Mutex<LruCache<PackId, Arc<File>>>,
@@ -82,7 +116,7 @@ pub struct PackReader {
     /// does not allow it (tmpfs), and staging falls back to fadvise.
     direct: Mutex<LruCache<PackId, Option<Arc<File>>>>,
     /// Frames read ahead, by (pack, offset), until a read takes them.
-    staged: Mutex<LruCache<(PackId, u64), Pending>>,
+    staged: Mutex<Staged>,
     spares: Arc<Mutex<Vec<AlignedBuf>>>,
 }
 
@@ -93,7 +127,7 @@ impl PackReader {
             repo: repo.to_path_buf(),
             files: Mutex::new(LruCache::new(cap)),
             direct: Mutex::new(LruCache::new(cap)),
-            staged: Mutex::new(LruCache::new(NonZeroUsize::new(STAGED_FRAMES).unwrap())),
+            staged: Mutex::new(Staged { frames: LruCache::unbounded(), bytes: 0 }),
             spares: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -126,20 +160,12 @@ impl PackReader {
                 self.will_need(run);
                 continue;
             };
-            let pending: Pending = Arc::new(OnceLock::new());
-            {
-                let mut staged = self.staged.lock().unwrap();
-                for l in run {
-                    staged.put((pack, l.offset), pending.clone());
-                }
-            }
             let align = AlignedBuf::ALIGN as u64;
             let from = start / align * align;
             let len = (end - from).next_multiple_of(align) as usize;
-            // New buffers fit any run, so that spares never need to grow.
-            let spare = self.spares.lock().unwrap().pop();
-            let mut buf = spare.unwrap_or_else(|| AlignedBuf::new(len.max(RUN_MAX as usize + 2 * AlignedBuf::ALIGN)));
-            buf.set_len(len);
+            let pending: Pending = Arc::new(OnceLock::new());
+            self.staged.lock().unwrap().put(run.iter().map(|l| (pack, l.offset)), &pending, len as u64);
+            let mut buf = self.spare(len);
             let got = read_direct(&file, from, buf.as_mut_slice());
             let run = match got {
                 Ok(n) if from + n as u64 >= end => {
@@ -155,10 +181,21 @@ impl PackReader {
         }
     }
 
+    /// A buffer of `len` bytes: a spare that is large enough, or a new one.
+    fn spare(&self, len: usize) -> AlignedBuf {
+        let mut spares = self.spares.lock().unwrap();
+        let mut buf = match spares.iter().position(|b| b.capacity() >= len) {
+            Some(i) => spares.swap_remove(i),
+            None => AlignedBuf::new(len),
+        };
+        buf.set_len(len);
+        buf
+    }
+
     /// The frame at `loc` if it was staged: waits for its run if that is
     /// still being read. The frame is handed out once.
     fn take_staged(&self, loc: &FrameLoc) -> Option<(Arc<Run>, usize)> {
-        let pending = self.staged.lock().unwrap().pop(&(loc.pack, loc.offset))?;
+        let pending = self.staged.lock().unwrap().take(&(loc.pack, loc.offset))?;
         let run = pending.wait().clone()?;
         let at = (loc.offset - run.start) as usize;
         (at + FRAME_HEADER_LEN + loc.stored_len as usize <= run.buf.as_slice().len()).then_some((run, at))
@@ -317,6 +354,24 @@ mod tests {
         let lens: Vec<usize> = runs(&locs).map(|r| r.len()).collect();
         assert_eq!(lens, [3, 1, 2]);
         assert_eq!(runs(&[]).count(), 0);
+    }
+
+    #[test]
+    fn staged_bytes_stay_bounded() {
+        let mut st = Staged { frames: LruCache::unbounded(), bytes: 0 };
+        let pending: Pending = Arc::new(OnceLock::new());
+        // Runs of 4 frames of 1 MiB each, far more than the cap.
+        for run in 0..200u64 {
+            st.put((0..4usize).map(|i| (PackId(1), run * 100 + i as u64)), &pending, 1 << 20);
+            assert!(st.bytes <= STAGED_BYTES, "{} bytes staged", st.bytes);
+        }
+        // The newest are kept, the oldest dropped.
+        assert!(st.take(&(PackId(1), 199 * 100)).is_some());
+        assert!(st.take(&(PackId(1), 0)).is_none());
+        // Taking and replacing keep the count exact.
+        st.put([(PackId(1), 199 * 100 + 1)].into_iter(), &pending, 4096);
+        let left: u64 = st.frames.iter().map(|(_, (_, s))| s).sum();
+        assert_eq!(st.bytes, left);
     }
 
     #[test]
