@@ -47,28 +47,83 @@ fn open_packs_cap() -> usize {
 /// Bytes of frames waiting in memory for their read, at most: a few
 /// read-ahead windows. Frames never taken (a reader that stopped, or that
 /// read them another way) are dropped oldest first.
-const STAGED_BYTES: u64 = 64 << 20;
+const STAGED_BYTES: u64 = 32 << 20;
 /// A run of adjacent frames is read with one request of at most this.
 const RUN_MAX: u64 = 1 << 20;
 
-/// Read-ahead buffers kept for reuse: allocating (and zeroing) a fresh
-/// one per run was a tenth of a sequential read's CPU time.
-const SPARE_BUFFERS: usize = 32;
+/// Read-ahead buffers come in two sizes, one for a lone frame (the usual
+/// run in a chain of small incrementals) and one for a full run, and are
+/// recycled. Allocating one per run cost a tenth of a sequential read's CPU
+/// time in zeroing, and, since the reading thread frees what another
+/// allocated, grew the allocator's per-thread arenas to 800 MiB.
+const SMALL_BUF: usize = 128 << 10;
+const LARGE_BUF: usize = RUN_MAX as usize + 2 * AlignedBuf::ALIGN;
+/// Spare buffers kept: as many of each size as can be staged at once, so
+/// that once warmed up, read-ahead frees nothing (a freed buffer raises
+/// glibc's mmap threshold, and later ones then come from the arenas).
+const SPARE_SMALL: usize = (STAGED_BYTES as usize) / SMALL_BUF;
+const SPARE_LARGE: usize = (STAGED_BYTES as usize) / LARGE_BUF;
+
+/// The recycled read-ahead buffers.
+#[derive(Default)]
+struct Buffers {
+    small: Mutex<Vec<AlignedBuf>>,
+    large: Mutex<Vec<AlignedBuf>>,
+}
+
+impl Buffers {
+    /// The size of buffer a run of `len` bytes gets (what it keeps alive).
+    fn size_for(len: usize) -> usize {
+        if len <= SMALL_BUF {
+            SMALL_BUF
+        } else if len <= LARGE_BUF {
+            LARGE_BUF
+        } else {
+            len
+        }
+    }
+
+    fn pool(&self, size: usize) -> Option<(&Mutex<Vec<AlignedBuf>>, usize)> {
+        match size {
+            SMALL_BUF => Some((&self.small, SPARE_SMALL)),
+            LARGE_BUF => Some((&self.large, SPARE_LARGE)),
+            _ => None,
+        }
+    }
+
+    /// A buffer of `len` bytes, recycled where one of its size is spare.
+    fn get(&self, len: usize) -> AlignedBuf {
+        let size = Self::size_for(len);
+        let spare = self.pool(size).and_then(|(pool, _)| pool.lock().unwrap().pop());
+        let mut buf = spare.unwrap_or_else(|| AlignedBuf::new(size));
+        buf.set_len(len);
+        buf
+    }
+
+    fn put(&self, buf: AlignedBuf) {
+        // Made by `get` for that size: room for it, and at most the
+        // alignment slack more.
+        let size = [LARGE_BUF, SMALL_BUF].into_iter().find(|&s| (s..=s + AlignedBuf::ALIGN).contains(&buf.capacity()));
+        if let Some((pool, max)) = size.and_then(|s| self.pool(s)) {
+            let mut pool = pool.lock().unwrap();
+            if pool.len() < max {
+                pool.push(buf);
+            }
+        }
+    }
+}
 
 /// Bytes of a pack read with direct I/O: `buf` holds the pack from `start`.
-/// Its buffer goes back to `spares` when the last frame is taken.
+/// Its buffer is recycled when the last frame is taken.
 struct Run {
     start: u64,
     buf: AlignedBuf,
-    spares: Arc<Mutex<Vec<AlignedBuf>>>,
+    buffers: Arc<Buffers>,
 }
 
 impl Drop for Run {
     fn drop(&mut self) {
-        let mut spares = self.spares.lock().unwrap();
-        if spares.len() < SPARE_BUFFERS {
-            spares.push(std::mem::replace(&mut self.buf, AlignedBuf::new(0)));
-        }
+        self.buffers.put(std::mem::replace(&mut self.buf, AlignedBuf::new(0)));
     }
 }
 
@@ -117,7 +172,7 @@ pub struct PackReader {
     direct: Mutex<LruCache<PackId, Option<Arc<File>>>>,
     /// Frames read ahead, by (pack, offset), until a read takes them.
     staged: Mutex<Staged>,
-    spares: Arc<Mutex<Vec<AlignedBuf>>>,
+    buffers: Arc<Buffers>,
 }
 
 impl PackReader {
@@ -128,7 +183,7 @@ impl PackReader {
             files: Mutex::new(LruCache::new(cap)),
             direct: Mutex::new(LruCache::new(cap)),
             staged: Mutex::new(Staged { frames: LruCache::unbounded(), bytes: 0 }),
-            spares: Arc::new(Mutex::new(Vec::new())),
+            buffers: Arc::new(Buffers::default()),
         }
     }
 
@@ -164,13 +219,14 @@ impl PackReader {
             let from = start / align * align;
             let len = (end - from).next_multiple_of(align) as usize;
             let pending: Pending = Arc::new(OnceLock::new());
-            self.staged.lock().unwrap().put(run.iter().map(|l| (pack, l.offset)), &pending, len as u64);
-            let mut buf = self.spare(len);
+            let held = Buffers::size_for(len) as u64;
+            self.staged.lock().unwrap().put(run.iter().map(|l| (pack, l.offset)), &pending, held);
+            let mut buf = self.buffers.get(len);
             let got = read_direct(&file, from, buf.as_mut_slice());
             let run = match got {
                 Ok(n) if from + n as u64 >= end => {
                     buf.set_len(n);
-                    Some(Arc::new(Run { start: from, buf, spares: self.spares.clone() }))
+                    Some(Arc::new(Run { start: from, buf, buffers: self.buffers.clone() }))
                 }
                 other => {
                     log::debug!("read-ahead of pack {} at {start}: {other:?}", pack.0);
@@ -179,17 +235,6 @@ impl PackReader {
             };
             let _ = pending.set(run);
         }
-    }
-
-    /// A buffer of `len` bytes: a spare that is large enough, or a new one.
-    fn spare(&self, len: usize) -> AlignedBuf {
-        let mut spares = self.spares.lock().unwrap();
-        let mut buf = match spares.iter().position(|b| b.capacity() >= len) {
-            Some(i) => spares.swap_remove(i),
-            None => AlignedBuf::new(len),
-        };
-        buf.set_len(len);
-        buf
     }
 
     /// The frame at `loc` if it was staged: waits for its run if that is
@@ -250,6 +295,10 @@ impl PackReader {
 
     /// Reads a block, checking frame header, checksum and digest prefix.
     pub fn read_block(&self, loc: &FrameLoc, digest: &Digest) -> Result<Vec<u8>, ReadError> {
+        if let Some((run, at)) = self.take_staged(loc) {
+            let frame = &run.buf.as_slice()[at..at + FRAME_HEADER_LEN + loc.stored_len as usize];
+            return frame::decode(frame, loc.raw_len, loc.stored_len, digest).map_err(|e| self.damaged(loc, e));
+        }
         let buf = self.read_frame(loc)?;
         frame::decode(&buf, loc.raw_len, loc.stored_len, digest).map_err(|e| self.damaged(loc, e))
     }
@@ -372,6 +421,26 @@ mod tests {
         st.put([(PackId(1), 199 * 100 + 1)].into_iter(), &pending, 4096);
         let left: u64 = st.frames.iter().map(|(_, (_, s))| s).sum();
         assert_eq!(st.bytes, left);
+    }
+
+    #[test]
+    fn buffers_are_recycled_by_size() {
+        let b = Buffers::default();
+        let small = b.get(70_000);
+        assert_eq!(small.as_slice().len(), 70_000);
+        assert!(small.capacity() >= SMALL_BUF);
+        let (small_ptr, large) = (small.as_slice().as_ptr(), b.get(SMALL_BUF + 1));
+        assert!(large.capacity() >= LARGE_BUF);
+        b.put(small);
+        b.put(large);
+        // The same small buffer comes back for another lone frame.
+        assert_eq!(b.get(4096).as_slice().as_ptr(), small_ptr);
+        assert_eq!(b.large.lock().unwrap().len(), 1);
+        // Odd sizes (frames of huge blocks) are not kept.
+        b.put(b.get(LARGE_BUF * 3));
+        assert_eq!(b.large.lock().unwrap().len(), 1);
+        assert_eq!(Buffers::size_for(1), SMALL_BUF);
+        assert_eq!(Buffers::size_for(LARGE_BUF), LARGE_BUF);
     }
 
     #[test]
