@@ -2,8 +2,10 @@
 //! reader; files are opened once and read with positional reads.
 //!
 //! Frames a sequential reader is about to need are read ahead with direct
-//! I/O ([`PackReader::stage`]): whole runs of adjacent frames land in
-//! buffers of our own and wait there for the read that takes them. They do
+//! I/O ([`PackReader::stage`]): runs of adjacent frames land in buffers of
+//! our own and wait there for the read that takes them (short runs, whose
+//! many small reads the kernel does better at once, go through the page
+//! cache instead). They do
 //! not pass through the page cache, so restoring a large image neither
 //! fills memory with pack pages nor pays for copying through them, and
 //! pack pages never compete with the image's own pages. Other reads
