@@ -263,3 +263,44 @@ fn pack_of_another_repository_reads_as_eio() {
     let out = cbtfs(&["verify", &p(&ra)]);
     assert_eq!(out.code, Some(3), "verify must report the swapped pack:\n{}", out.describe());
 }
+
+/// Damage met by a long sequential read, whose blocks read-ahead fetched
+/// ahead of it (runs of frames read with direct I/O and staged): the
+/// damaged block's megabyte fails with EIO, every other megabyte reads
+/// right, before and after, and a second pass fails the same way.
+#[test]
+fn damage_in_a_long_sequential_read_is_eio() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    let src = s.path("sda.raw");
+    set_size(&src, 48 * MIB);
+    write_at(&src, 0, &Rng::new(0x5eed).bytes(48 * MIB as usize));
+    eight_block_repo(repo.clone(), &src);
+    let packs = pack_paths(&repo);
+    // Block 400 (in the 26th megabyte): its frame, wherever it lies.
+    let mut all: Vec<(PathBuf, u64, u64)> = Vec::new();
+    for p in &packs {
+        all.extend(frames(p).into_iter().map(|(o, l)| (p.clone(), o, l)));
+    }
+    assert_eq!(all.len(), 768, "one frame per block");
+    // Packs hold the blocks in order, and pack_paths sorts them by id.
+    let target = 400usize;
+    let (pack, off, len) = all[target].clone();
+    flip_byte(&pack, off + 32 + len / 2);
+    let m = FuseMount::start(&repo, &s.mnt("m"));
+    let img = m.image("vm1", &latest_point(&repo, "vm1"), "sda");
+    for pass in 0..2 {
+        let f = File::open(&img).unwrap();
+        for mb in 0..48u64 {
+            let mut buf = vec![0u8; MIB as usize];
+            let r = f.read_exact_at(&mut buf, mb * MIB);
+            if mb == target as u64 * BS / MIB {
+                assert_eio(r, &format!("pass {pass}, megabyte {mb} holding the damaged block"));
+            } else {
+                r.unwrap_or_else(|e| panic!("pass {pass}, megabyte {mb}: {e}"));
+                assert!(buf == read_at(&src, mb * MIB, MIB as usize).unwrap(), "pass {pass}, megabyte {mb} read wrong bytes");
+            }
+        }
+    }
+    m.unmount().ok();
+}
