@@ -135,6 +135,15 @@ impl Drop for Run {
 /// A run being read (empty) or read (`Some`; `None` if the read failed).
 type Pending = Arc<OnceLock<Option<Arc<Run>>>>;
 
+/// Marks a run as failed when dropped before it was read.
+struct Release(Pending);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = self.0.set(None);
+    }
+}
+
 /// Staged frames, oldest first, with the bytes of the runs they hold: a
 /// run counts in full until its last staged frame goes, since that frame
 /// keeps the whole buffer alive.
@@ -216,8 +225,8 @@ impl PackReader {
     pub fn stage(&self, locs: &[FrameLoc]) {
         for run in runs(locs) {
             let (pack, start, end) = (run[0].pack, run[0].offset, frame_end(&run[run.len() - 1]));
-            // A lone frame (a block changed in an incremental, between
-            // blocks that come from elsewhere) is left to the kernel, which
+            // Short runs (blocks changed by incrementals, scattered between
+            // blocks that come from elsewhere) are left to the kernel, which
             // reads many such at once; a worker reading them one by one
             // made deep chains a third slower.
             let direct = if run.len() >= DIRECT_MIN_FRAMES { self.direct_file(pack) } else { None };
@@ -229,6 +238,9 @@ impl PackReader {
             let from = start / align * align;
             let len = (end - from).next_multiple_of(align) as usize;
             let pending: Pending = Arc::new(OnceLock::new());
+            // Readers may be waiting on this run: however this read ends
+            // (even by a panic), they are released.
+            let _release = Release(pending.clone());
             let held = Buffers::size_for(len) as u64;
             self.staged.lock().unwrap().put(run.iter().map(|l| (pack, l.offset)), &pending, held);
             let mut buf = self.buffers.get(len);
@@ -247,13 +259,15 @@ impl PackReader {
         }
     }
 
-    /// The frame at `loc` if it was staged: waits for its run if that is
-    /// still being read. The frame is handed out once.
-    fn take_staged(&self, loc: &FrameLoc) -> Option<(Arc<Run>, usize)> {
+    /// The frame at `loc` if it was staged: its run and where in the run's
+    /// buffer it lies. Waits for the run if that is still being read. The
+    /// frame is handed out once.
+    fn take_staged(&self, loc: &FrameLoc) -> Option<(Arc<Run>, std::ops::Range<usize>)> {
         let pending = self.staged.lock().unwrap().take(&(loc.pack, loc.offset))?;
         let run = pending.wait().clone()?;
         let at = (loc.offset - run.start) as usize;
-        (at + FRAME_HEADER_LEN + loc.stored_len as usize <= run.buf.as_slice().len()).then_some((run, at))
+        let frame = at..at + FRAME_HEADER_LEN + loc.stored_len as usize;
+        (frame.end <= run.buf.as_slice().len()).then_some((run, frame))
     }
 
     fn file(&self, id: PackId) -> Result<Arc<File>, ReadError> {
@@ -305,8 +319,8 @@ impl PackReader {
 
     /// Reads a block, checking frame header, checksum and digest prefix.
     pub fn read_block(&self, loc: &FrameLoc, digest: &Digest) -> Result<Vec<u8>, ReadError> {
-        if let Some((run, at)) = self.take_staged(loc) {
-            let frame = &run.buf.as_slice()[at..at + FRAME_HEADER_LEN + loc.stored_len as usize];
+        if let Some((run, frame)) = self.take_staged(loc) {
+            let frame = &run.buf.as_slice()[frame];
             return frame::decode(frame, loc.raw_len, loc.stored_len, digest).map_err(|e| self.damaged(loc, e));
         }
         let buf = self.read_frame(loc)?;
@@ -321,8 +335,8 @@ impl PackReader {
             static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         let frame_len = FRAME_HEADER_LEN + loc.stored_len as usize;
-        if let Some((run, at)) = self.take_staged(loc) {
-            let frame = &run.buf.as_slice()[at..at + frame_len];
+        if let Some((run, frame)) = self.take_staged(loc) {
+            let frame = &run.buf.as_slice()[frame];
             return frame::decode_append(frame, loc.raw_len, loc.stored_len, digest, out).map_err(|e| self.damaged(loc, e));
         }
         FRAME.with_borrow_mut(|buf| {
