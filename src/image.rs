@@ -71,8 +71,8 @@ impl Store {
         })
     }
 
-    /// Starts the kernel reading the frames of `blocks` at point `seq` of
-    /// `lineage` that are not cached (see `readahead`).
+    /// Fetches ahead the frames of `blocks` at point `seq` of `lineage`
+    /// that are not cached (see `readahead` and `PackReader::stage`).
     pub(crate) fn prefetch(&self, lineage: LineageId, seq: i64, blocks: Range<u64>) -> Result<()> {
         let found = self.chain.locate_each(lineage, seq, blocks.clone())?;
         let mut locs = Vec::with_capacity(found.len());

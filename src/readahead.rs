@@ -8,12 +8,13 @@
 //! cold reads of a 1000-point chain ran at half the speed of a one-point
 //! chain although every lookup cost the same.
 //!
-//! So a few workers look up the blocks just ahead of a sequential reader,
-//! open their packs and ask the kernel to start reading those frames
-//! (`POSIX_FADV_WILLNEED`), many reads in flight at once, before the reader
-//! gets there. Nothing is decompressed or kept here; the bytes land in the
-//! page cache, so memory stays what it was, and a prefetch that fails or
-//! is dropped only costs speed: the reader still checks every frame.
+//! So a few workers look up the blocks just ahead of a sequential reader
+//! and have their frames fetched before the reader gets there (see
+//! `PackReader::stage`): long runs of frames are read into buffers of the
+//! pack reader's own, bounded in size, and scattered frames are left to the
+//! kernel (`POSIX_FADV_WILLNEED`), many reads in flight at once. Nothing is
+//! decompressed here, and a prefetch that fails or is dropped only costs
+//! speed: the reader still checks every frame.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};

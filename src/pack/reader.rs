@@ -46,10 +46,12 @@ fn open_packs_cap() -> usize {
     ((limit / 4) as usize).clamp(8, 256)
 }
 
-/// Bytes of frames waiting in memory for their read, at most: a few
-/// read-ahead windows. Frames never taken (a reader that stopped, or that
-/// read them another way) are dropped oldest first.
+/// Bytes of read-ahead buffers alive at once, at most: a few read-ahead
+/// windows. Beyond it, runs are left to the kernel instead.
 const STAGED_BYTES: u64 = 32 << 20;
+/// Staged frames not taken within this long are dropped: their reader
+/// stopped, went elsewhere, or found the bytes in the kernel's cache.
+const STAGED_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 /// A run of adjacent frames is read with one request of at most this.
 const RUN_MAX: u64 = 1 << 20;
 /// Runs of fewer frames (under half a megabyte of 64 KiB blocks) are read
@@ -63,17 +65,20 @@ const DIRECT_MIN_FRAMES: usize = 8;
 /// allocated, grew the allocator's per-thread arenas to 800 MiB.
 const SMALL_BUF: usize = 128 << 10;
 const LARGE_BUF: usize = RUN_MAX as usize + 2 * AlignedBuf::ALIGN;
-/// Spare buffers kept: as many of each size as can be staged at once, so
+/// Spare buffers kept: as many of each size as can be alive at once, so
 /// that once warmed up, read-ahead frees nothing (a freed buffer raises
 /// glibc's mmap threshold, and later ones then come from the arenas).
 const SPARE_SMALL: usize = (STAGED_BYTES as usize) / SMALL_BUF;
 const SPARE_LARGE: usize = (STAGED_BYTES as usize) / LARGE_BUF;
 
-/// The recycled read-ahead buffers.
+/// The recycled read-ahead buffers, and the bytes of those in use.
 #[derive(Default)]
 struct Buffers {
     small: Mutex<Vec<AlignedBuf>>,
     large: Mutex<Vec<AlignedBuf>>,
+    /// Bytes of buffers handed out and not yet back: read-ahead in flight,
+    /// staged, or held by a reader decoding from it.
+    live: std::sync::atomic::AtomicU64,
 }
 
 impl Buffers {
@@ -96,16 +101,25 @@ impl Buffers {
         }
     }
 
-    /// A buffer of `len` bytes, recycled where one of its size is spare.
-    fn get(&self, len: usize) -> AlignedBuf {
+    /// A buffer of `len` bytes, recycled where one of its size is spare;
+    /// `None` if the buffers in use would then pass [`STAGED_BYTES`].
+    fn get(&self, len: usize) -> Option<AlignedBuf> {
+        use std::sync::atomic::Ordering;
         let size = Self::size_for(len);
+        let held = self.live.fetch_add(size as u64, Ordering::Relaxed);
+        if held + size as u64 > STAGED_BYTES {
+            self.live.fetch_sub(size as u64, Ordering::Relaxed);
+            return None;
+        }
         let spare = self.pool(size).and_then(|(pool, _)| pool.lock().unwrap().pop());
         let mut buf = spare.unwrap_or_else(|| AlignedBuf::new(size));
         buf.set_len(len);
-        buf
+        Some(buf)
     }
 
-    fn put(&self, buf: AlignedBuf) {
+    /// Takes back a buffer from [`Buffers::get`] for a run of `len` bytes.
+    fn put(&self, buf: AlignedBuf, len: usize) {
+        self.live.fetch_sub(Self::size_for(len) as u64, std::sync::atomic::Ordering::Relaxed);
         // Made by `get` for that size: room for it, and at most the
         // alignment slack more.
         let size = [LARGE_BUF, SMALL_BUF].into_iter().find(|&s| (s..=s + AlignedBuf::ALIGN).contains(&buf.capacity()));
@@ -122,13 +136,24 @@ impl Buffers {
 /// Its buffer is recycled when the last frame is taken.
 struct Run {
     start: u64,
-    buf: AlignedBuf,
+    /// Always `Some` until dropped.
+    buf: Option<AlignedBuf>,
+    /// What the buffer was asked for (and counted as).
+    asked: usize,
     buffers: Arc<Buffers>,
+}
+
+impl Run {
+    fn bytes(&self) -> &[u8] {
+        self.buf.as_ref().expect("a run has its buffer until dropped").as_slice()
+    }
 }
 
 impl Drop for Run {
     fn drop(&mut self) {
-        self.buffers.put(std::mem::replace(&mut self.buf, AlignedBuf::new(0)));
+        if let Some(buf) = self.buf.take() {
+            self.buffers.put(buf, self.asked);
+        }
     }
 }
 
@@ -144,36 +169,31 @@ impl Drop for Release {
     }
 }
 
-/// Staged frames, oldest first, with the bytes of the runs they hold: a
-/// run counts in full until its last staged frame goes, since that frame
-/// keeps the whole buffer alive.
+/// Staged frames, oldest first, with when they were staged. A frame
+/// keeps its run's buffer alive until it is taken or expires.
 struct Staged {
-    frames: LruCache<(PackId, u64), (Pending, u64)>,
-    bytes: u64,
+    frames: LruCache<(PackId, u64), (Pending, std::time::Instant)>,
 }
 
 impl Staged {
     fn take(&mut self, key: &(PackId, u64)) -> Option<Pending> {
-        let (p, share) = self.frames.pop(key)?;
-        self.bytes -= share;
-        Some(p)
+        self.frames.pop(key).map(|(p, _)| p)
     }
 
-    /// Stages the frames of one run; each carries an equal share of the
-    /// run's buffer. Drops the oldest frames beyond [`STAGED_BYTES`].
-    fn put(&mut self, keys: impl ExactSizeIterator<Item = (PackId, u64)>, pending: &Pending, run_bytes: u64) {
-        let share = run_bytes.div_ceil(keys.len().max(1) as u64);
+    fn contains(&self, key: &(PackId, u64)) -> bool {
+        self.frames.contains(key)
+    }
+
+    fn put(&mut self, keys: impl Iterator<Item = (PackId, u64)>, pending: &Pending, now: std::time::Instant) {
         for k in keys {
-            if let Some((_, old)) = self.frames.put(k, (pending.clone(), share)) {
-                self.bytes -= old;
-            }
-            self.bytes += share;
+            self.frames.put(k, (pending.clone(), now));
         }
-        while self.bytes > STAGED_BYTES {
-            match self.frames.pop_lru() {
-                Some((_, (_, s))) => self.bytes -= s,
-                None => break,
-            }
+    }
+
+    /// Drops frames staged before `older_than`.
+    fn expire(&mut self, older_than: std::time::Instant) {
+        while self.frames.peek_lru().is_some_and(|(_, (_, at))| *at < older_than) {
+            self.frames.pop_lru();
         }
     }
 }
@@ -191,12 +211,15 @@ pub struct PackReader {
 
 impl PackReader {
     pub fn new(repo: &Path) -> PackReader {
-        let cap = NonZeroUsize::new(open_packs_cap()).unwrap();
+        // The open-files share of packs, split: read-ahead reads few packs
+        // at a time (those just ahead of the readers).
+        let cap = open_packs_cap();
+        let direct = (cap / 4).max(2);
         PackReader {
             repo: repo.to_path_buf(),
-            files: Mutex::new(LruCache::new(cap)),
-            direct: Mutex::new(LruCache::new(cap)),
-            staged: Mutex::new(Staged { frames: LruCache::unbounded(), bytes: 0 }),
+            files: Mutex::new(LruCache::new(NonZeroUsize::new(cap - direct).unwrap())),
+            direct: Mutex::new(LruCache::new(NonZeroUsize::new(direct).unwrap())),
+            staged: Mutex::new(Staged { frames: LruCache::unbounded() }),
             buffers: Arc::new(Buffers::default()),
         }
     }
@@ -223,7 +246,19 @@ impl PackReader {
     /// possible, asks the kernel to read them into the page cache instead.
     /// Best effort: a failure here is met again, and reported, by the read.
     pub fn stage(&self, locs: &[FrameLoc]) {
-        for run in runs(locs) {
+        // Frames already staged (by the read-ahead of another reader of the
+        // same blocks, or an overlapping job) are not read directly again:
+        // only one reader takes a staged frame, so the kernel reads them
+        // into its cache for the others.
+        let (fresh, staged): (Vec<FrameLoc>, Vec<FrameLoc>) = {
+            let mut st = self.staged.lock().unwrap();
+            st.expire(std::time::Instant::now() - STAGED_FOR);
+            locs.iter().partition(|l| !st.contains(&(l.pack, l.offset)))
+        };
+        for run in runs(&staged) {
+            self.will_need(run);
+        }
+        for run in runs(&fresh) {
             let (pack, start, end) = (run[0].pack, run[0].offset, frame_end(&run[run.len() - 1]));
             // Short runs (blocks changed by incrementals, scattered between
             // blocks that come from elsewhere) are left to the kernel, which
@@ -237,25 +272,37 @@ impl PackReader {
             let align = AlignedBuf::ALIGN as u64;
             let from = start / align * align;
             let len = (end - from).next_multiple_of(align) as usize;
+            let now = std::time::Instant::now();
+            // Over the memory bound (several readers at once, or frames
+            // nobody took yet): the kernel reads ahead instead.
+            let Some(mut buf) = self.buffers.get(len) else {
+                self.will_need(run);
+                continue;
+            };
             let pending: Pending = Arc::new(OnceLock::new());
             // Readers may be waiting on this run: however this read ends
             // (even by a panic), they are released.
             let _release = Release(pending.clone());
-            let held = Buffers::size_for(len) as u64;
-            self.staged.lock().unwrap().put(run.iter().map(|l| (pack, l.offset)), &pending, held);
-            let mut buf = self.buffers.get(len);
+            self.staged.lock().unwrap().put(run.iter().map(|l| (pack, l.offset)), &pending, now);
             let got = read_direct(&file, from, buf.as_mut_slice());
-            let run = match got {
+            let read = match got {
                 Ok(n) if from + n as u64 >= end => {
                     buf.set_len(n);
-                    Some(Arc::new(Run { start: from, buf, buffers: self.buffers.clone() }))
+                    Some(Arc::new(Run { start: from, buf: Some(buf), asked: len, buffers: self.buffers.clone() }))
                 }
                 other => {
-                    log::debug!("read-ahead of pack {} at {start}: {other:?}", pack.0);
+                    log::debug!("read-ahead of pack {} at {start}: {other:?}; through the page cache instead", pack.0);
+                    if matches!(other, Err(ref e) if e.raw_os_error() == Some(nix::libc::EINVAL)) {
+                        // The device wants other alignment: no more direct
+                        // reads of this pack.
+                        self.direct.lock().unwrap().put(pack, None);
+                    }
+                    self.buffers.put(buf, len);
+                    self.will_need(run);
                     None
                 }
             };
-            let _ = pending.set(run);
+            let _ = pending.set(read);
         }
     }
 
@@ -267,7 +314,7 @@ impl PackReader {
         let run = pending.wait().clone()?;
         let at = (loc.offset - run.start) as usize;
         let frame = at..at + FRAME_HEADER_LEN + loc.stored_len as usize;
-        (frame.end <= run.buf.as_slice().len()).then_some((run, frame))
+        (frame.end <= run.bytes().len()).then_some((run, frame))
     }
 
     fn file(&self, id: PackId) -> Result<Arc<File>, ReadError> {
@@ -320,7 +367,7 @@ impl PackReader {
     /// Reads a block, checking frame header, checksum and digest prefix.
     pub fn read_block(&self, loc: &FrameLoc, digest: &Digest) -> Result<Vec<u8>, ReadError> {
         if let Some((run, frame)) = self.take_staged(loc) {
-            let frame = &run.buf.as_slice()[frame];
+            let frame = &run.bytes()[frame];
             return frame::decode(frame, loc.raw_len, loc.stored_len, digest).map_err(|e| self.damaged(loc, e));
         }
         let buf = self.read_frame(loc)?;
@@ -336,7 +383,7 @@ impl PackReader {
         }
         let frame_len = FRAME_HEADER_LEN + loc.stored_len as usize;
         if let Some((run, frame)) = self.take_staged(loc) {
-            let frame = &run.buf.as_slice()[frame];
+            let frame = &run.bytes()[frame];
             return frame::decode_append(frame, loc.raw_len, loc.stored_len, digest, out).map_err(|e| self.damaged(loc, e));
         }
         FRAME.with_borrow_mut(|buf| {
@@ -430,38 +477,56 @@ mod tests {
     }
 
     #[test]
-    fn staged_bytes_stay_bounded() {
-        let mut st = Staged { frames: LruCache::unbounded(), bytes: 0 };
+    fn staged_frames_expire_oldest_first() {
+        let mut st = Staged { frames: LruCache::unbounded() };
         let pending: Pending = Arc::new(OnceLock::new());
-        // Runs of 4 frames of 1 MiB each, far more than the cap.
-        for run in 0..200u64 {
-            st.put((0..4usize).map(|i| (PackId(1), run * 100 + i as u64)), &pending, 1 << 20);
-            assert!(st.bytes <= STAGED_BYTES, "{} bytes staged", st.bytes);
+        let t0 = std::time::Instant::now();
+        let later = t0 + std::time::Duration::from_secs(5);
+        st.put((0..4u64).map(|i| (PackId(1), i)), &pending, t0);
+        st.put((10..12u64).map(|i| (PackId(1), i)), &pending, later);
+        st.expire(t0 + std::time::Duration::from_secs(1));
+        assert!(!st.contains(&(PackId(1), 0)) && !st.contains(&(PackId(1), 3)));
+        assert!(st.contains(&(PackId(1), 10)));
+        assert!(st.take(&(PackId(1), 10)).is_some());
+        assert!(st.take(&(PackId(1), 10)).is_none(), "a frame is handed out once");
+    }
+
+    #[test]
+    fn buffers_in_use_stay_bounded() {
+        let b = Buffers::default();
+        let mut held = Vec::new();
+        while let Some(buf) = b.get(LARGE_BUF - 4096) {
+            held.push(buf);
+            assert!(held.len() <= STAGED_BYTES as usize / LARGE_BUF, "more buffers than the bound allows");
         }
-        // The newest are kept, the oldest dropped.
-        assert!(st.take(&(PackId(1), 199 * 100)).is_some());
-        assert!(st.take(&(PackId(1), 0)).is_none());
-        // Taking and replacing keep the count exact.
-        st.put([(PackId(1), 199 * 100 + 1)].into_iter(), &pending, 4096);
-        let left: u64 = st.frames.iter().map(|(_, (_, s))| s).sum();
-        assert_eq!(st.bytes, left);
+        assert_eq!(held.len(), STAGED_BYTES as usize / LARGE_BUF);
+        let live = b.live.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(live <= STAGED_BYTES && live + LARGE_BUF as u64 > STAGED_BYTES, "{live} bytes in use");
+        // Giving one back makes room again, and it is reused.
+        let ptr = held[0].as_slice().as_ptr();
+        b.put(held.swap_remove(0), LARGE_BUF - 4096);
+        assert_eq!(b.get(LARGE_BUF - 4096).unwrap().as_slice().as_ptr(), ptr);
     }
 
     #[test]
     fn buffers_are_recycled_by_size() {
         let b = Buffers::default();
-        let small = b.get(70_000);
+        let small = b.get(70_000).unwrap();
         assert_eq!(small.as_slice().len(), 70_000);
         assert!(small.capacity() >= SMALL_BUF);
-        let (small_ptr, large) = (small.as_slice().as_ptr(), b.get(SMALL_BUF + 1));
+        let (small_ptr, large) = (small.as_slice().as_ptr(), b.get(SMALL_BUF + 1).unwrap());
         assert!(large.capacity() >= LARGE_BUF);
-        b.put(small);
-        b.put(large);
+        b.put(small, 70_000);
+        b.put(large, SMALL_BUF + 1);
+        assert_eq!(b.live.load(std::sync::atomic::Ordering::Relaxed), 0);
         // The same small buffer comes back for another lone frame.
-        assert_eq!(b.get(4096).as_slice().as_ptr(), small_ptr);
+        assert_eq!(b.get(4096).unwrap().as_slice().as_ptr(), small_ptr);
         assert_eq!(b.large.lock().unwrap().len(), 1);
-        // Odd sizes (frames of huge blocks) are not kept.
-        b.put(b.get(LARGE_BUF * 3));
+        // Odd sizes (frames of huge blocks) are not kept; beyond the bound
+        // they are not even handed out.
+        assert!(b.get(LARGE_BUF * 3).is_none() || STAGED_BYTES as usize >= LARGE_BUF * 3);
+        let odd = b.get(LARGE_BUF * 2).unwrap();
+        b.put(odd, LARGE_BUF * 2);
         assert_eq!(b.large.lock().unwrap().len(), 1);
         assert_eq!(Buffers::size_for(1), SMALL_BUF);
         assert_eq!(Buffers::size_for(LARGE_BUF), LARGE_BUF);
