@@ -140,20 +140,12 @@ note() {
 }
 NOTES=()
 
-CACHES_DROPPED=true
-# After a first-byte probe (4 KiB read), the probe's pages are dropped too,
-# so that the timed read starts cold and from the start of the file, as a
-# restore does. Left in the page cache, they put the kernel's read-ahead
-# 16 KiB off its own grid for the whole file, which makes every FUSE reply
-# copy markedly dearer: the in-memory ceiling read in 0.73 s instead of
-# 0.56 s, and cbtfs in 1.4-1.6 s instead of 1.25 s.
-drop_caches() {
-    sync
-    if ! echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
-        [[ $CACHES_DROPPED == false ]] || warn "cannot drop the page cache here: 'cold' numbers are warm"
-        CACHES_DROPPED=false
-    fi
-}
+# drop_caches (lib/common.sh) also runs after each first-byte probe (a
+# 4 KiB read), so that the timed read starts cold and from the start of the
+# file, as a restore does. Left in the page cache, the probe's pages put the
+# kernel's read-ahead 16 KiB off its own grid for the whole file, which makes
+# every FUSE reply copy markedly dearer: the in-memory ceiling read in
+# 0.73 s instead of 0.56 s, and cbtfs in 1.4-1.6 s instead of 1.25 s.
 
 ms() {
     awk -v s="$1" 'BEGIN { printf "%.0f", s * 1000 }'

@@ -126,15 +126,6 @@ note() {
     NOTES+=("$*")
 }
 
-CACHES_DROPPED=true
-drop_caches() {
-    sync
-    if ! echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
-        [[ $CACHES_DROPPED == false ]] || warn "cannot drop the page cache here: 'cold' numbers are warm"
-        CACHES_DROPPED=false
-    fi
-}
-
 # Repository size as du -sb reports it (apparent bytes).
 repo_size() {
     du -sb "$1" | cut -f1

@@ -77,16 +77,6 @@ result() {
     RESULTS+=("$1"$'\t'"$2"$'\t'"$3"$'\t'"$4")
 }
 
-drop_caches() {
-    sync
-    if ! echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
-        [[ ${_DROP_WARNED:-0} -eq 1 ]] || warn "cannot drop the page cache here: 'cold' numbers are warm"
-        _DROP_WARNED=1
-        CACHES_DROPPED=false
-    fi
-}
-CACHES_DROPPED=true
-
 # measure CMD...: runs CMD, sets M_SECS (wall clock) and M_RSS_KB (peak RSS).
 M_SECS=0
 M_RSS_KB=0

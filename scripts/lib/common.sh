@@ -285,6 +285,18 @@ stop_cbtfs_mount() {
 
 # ---------------------------------------------------------------- misc
 
+# drop_caches: syncs and drops the page cache, so that the next read is
+# cold; warns once (and sets CACHES_DROPPED=false) where that is not
+# allowed, since 'cold' figures are then warm.
+CACHES_DROPPED=true
+drop_caches() {
+    sync
+    if ! echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
+        [[ $CACHES_DROPPED == false ]] || warn "cannot drop the page cache here: 'cold' numbers are warm"
+        CACHES_DROPPED=false
+    fi
+}
+
 # Allocated bytes of a (possibly sparse) file.
 allocated_bytes() {
     local blocks bsize
