@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::ids::{MachineId, PointDiskId, PointId};
 use crate::image::{ImageReader, Store};
 use crate::index::PointDiskRow;
-use crate::partition::{self, Partition};
+use crate::partition::Partition;
 
 /// Name of the symlink to a machine's newest point.
 pub const LATEST: &str = "latest";
@@ -82,8 +82,8 @@ impl Catalog {
         if let Some(p) = self.partitions.lock().unwrap().get(&d.id) {
             return p.clone();
         }
-        let img = ImageReader::new(self.store.clone(), d.lineage, seq, d.size).without_read_ahead();
-        let parts = match partition::read_table(d.size, |off, len| img.read_vec(off, len)) {
+        let img = ImageReader::new(self.store.clone(), d.lineage, seq, d.size);
+        let parts = match img.partition_table() {
             Ok(t) => {
                 for why in &t.problems {
                     log::warn!("disk {} (point disk {}): partition table: {why}", d.name, d.id.0);

@@ -141,6 +141,13 @@ impl ImageReader {
         self.end - self.start
     }
 
+    /// The partition table of this image, read with a few small reads
+    /// that do not set read-ahead going.
+    pub fn partition_table(self) -> Result<crate::partition::Table> {
+        let img = self.without_read_ahead();
+        crate::partition::read_table(img.size(), |off, len| img.read_vec(off, len))
+    }
+
     /// Fills `buf` from `offset`; returns the bytes read, fewer only at the
     /// end of the disk. A damaged block is an error, never wrong bytes.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {

@@ -52,8 +52,7 @@ pub fn run(a: Args) -> super::Outcome {
     let img = if let Some(d) = disks.iter().find(|d| d.name == a.disk) {
         ImageReader::new(store, d.lineage, point.seq, d.size)
     } else if let Some((d, n)) = disks.iter().find_map(|d| part_of(d).map(|n| (d, n))) {
-        let probe = ImageReader::new(store.clone(), d.lineage, point.seq, d.size).without_read_ahead();
-        let table = cbtfs::partition::read_table(d.size, |off, len| probe.read_vec(off, len))?;
+        let table = ImageReader::new(store.clone(), d.lineage, point.seq, d.size).partition_table()?;
         let Some(p) = table.partitions.iter().find(|p| p.number == n) else {
             let have: Vec<String> = table.partitions.iter().map(|p| catalog::partition_name(&d.name, p.number)).collect();
             bail!(
