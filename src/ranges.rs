@@ -46,6 +46,27 @@ impl RangeSet {
         self.runs.iter().map(|r| r.end - r.start).sum()
     }
 
+    /// Splits into the first `n` covered values and the rest.
+    pub fn split_at_len(&self, n: u64) -> (RangeSet, RangeSet) {
+        let mut left = Vec::new();
+        let mut right = Vec::new();
+        let mut need = n;
+        for r in &self.runs {
+            let len = r.end - r.start;
+            if need >= len {
+                left.push(r.clone());
+                need -= len;
+            } else if need > 0 {
+                left.push(r.start..r.start + need);
+                right.push(r.start + need..r.end);
+                need = 0;
+            } else {
+                right.push(r.clone());
+            }
+        }
+        (RangeSet { runs: left }, RangeSet { runs: right })
+    }
+
     pub fn union(&self, other: &RangeSet) -> RangeSet {
         RangeSet::from_ranges(self.runs.iter().chain(other.runs.iter()).cloned())
     }
@@ -161,5 +182,22 @@ mod tests {
         assert_eq!(b.runs(), &[2..3]);
         let b = rs(&[(65536 * 3 + 1, 65536 * 3 + 2)]).to_blocks(65536);
         assert_eq!(b.runs(), &[3..4]);
+    }
+
+    #[test]
+    fn split_at_len_keeps_every_value_once_in_order() {
+        let s = rs(&[(0, 3), (10, 14), (20, 21)]);
+        for n in 0..=9 {
+            let (a, b) = s.split_at_len(n);
+            assert_eq!(a.len(), n.min(8), "left of {n}");
+            assert_eq!(a.len() + b.len(), 8);
+            assert_eq!(a.union(&b), s);
+            assert!(a.intersect(&b).is_empty());
+            if let (Some(l), Some(r)) = (a.runs().last(), b.runs().first()) {
+                assert!(l.end <= r.start, "left before right at {n}");
+            }
+        }
+        assert_eq!(s.split_at_len(5).0.runs(), &[0..3, 10..12]);
+        assert_eq!(s.split_at_len(5).1.runs(), &[12..14, 20..21]);
     }
 }
