@@ -283,9 +283,14 @@ fn damage_in_a_long_sequential_read_is_eio() {
         all.extend(frames(p).into_iter().map(|(o, l)| (p.clone(), o, l)));
     }
     assert_eq!(all.len(), 768, "one frame per block");
-    // Packs hold the blocks in order, and pack_paths sorts them by id.
+    // The frame holding block 400 (random data, so stored raw): ingest
+    // does not lay blocks down in disk order.
     let target = 400usize;
-    let (pack, off, len) = all[target].clone();
+    let want = read_at(&src, target as u64 * BS, BS as usize).unwrap();
+    let holding: Vec<&(PathBuf, u64, u64)> =
+        all.iter().filter(|(p, o, l)| *l == BS && read_at(p, o + 32, BS as usize).unwrap() == want).collect();
+    assert_eq!(holding.len(), 1, "one frame holds block {target}");
+    let (pack, off, len) = holding[0].clone();
     flip_byte(&pack, off + 32 + len / 2);
     let m = FuseMount::start(&repo, &s.mnt("m"));
     let img = m.image("vm1", &latest_point(&repo, "vm1"), "sda");
