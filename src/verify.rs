@@ -63,26 +63,30 @@ pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyR
         index_problems.push(format!("{fk_problems} rows reference missing rows"));
     }
 
-    let blocks = idx.all_blocks()?;
-    let total = blocks.len() as u64;
-    let total_bytes: u64 = blocks.iter().map(|b| b.loc.stored_len as u64).sum();
+    let (total, total_bytes) = idx.block_totals()?;
     log::info!("checking {total} blocks ({total_bytes} bytes stored)");
     let reader = PackReader::new(&repo.path);
     let mut bad: Vec<(BlockRow, String)> = Vec::new();
-    let mut bytes = 0u64;
-    // Chunks keep memory bounded and allow progress reports.
-    for chunk in blocks.chunks(1024) {
-        let results: Vec<Option<String>> = chunk
+    let (mut bytes, mut checked) = (0u64, 0u64);
+    // A page of blocks at a time, checked on all cores: memory stays
+    // bounded, and progress is reported as it goes.
+    let mut after = None;
+    loop {
+        let page = idx.blocks_after(after, 1024)?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.loc.pack, last.loc.offset));
+        let results: Vec<Option<String>> = page
             .par_iter()
             .map(|b| reader.read_block_verified(&b.loc, &b.digest).err().map(|e| e.to_string()))
             .collect();
-        for (b, r) in chunk.iter().zip(results) {
+        for (b, r) in page.into_iter().zip(results) {
             bytes += b.loc.stored_len as u64;
+            checked += 1;
             if let Some(e) = r {
-                bad.push((b.clone(), e));
+                bad.push((b, e));
             }
         }
-        progress(bytes, total_bytes);
+        progress(bytes, total_bytes.max(bytes));
     }
     let mut damaged = Vec::new();
     for (b, error) in bad {
@@ -106,7 +110,7 @@ pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyR
     }
     Ok(VerifyReport {
         ok: damaged.is_empty() && index_ok,
-        blocks_checked: total,
+        blocks_checked: checked,
         bytes_checked: bytes,
         index_ok,
         index_problems,
