@@ -635,14 +635,18 @@ for ((r = 2; r <= FULL_ROUNDS; r++)); do
     rm -rf "$X"
     mkdir -p "$X"
     "$CBTFS" init "$X/cbtfs" >/dev/null
+    # Each repository goes once timed, so the disk never holds more than one.
     timed "cbtfs-full-r$r" "$CBTFS" ingest "$X/cbtfs" "$MACHINE" --disk "$DISK=$SRC"
     FULL_T[cbtfs]+=" $T_SECS"
+    rm -rf "$X/cbtfs"
     restic init -r "$X/restic" >"$LOGS/restic-init-r$r.log" 2>&1 || die "restic init failed"
     timed "restic-full-r$r" env -C "$W/src" restic -r "$X/restic" backup disk.img
     FULL_T[restic]+=" $T_SECS"
+    rm -rf "$X/restic"
     borg init -e none "$X/borg" >"$LOGS/borg-init-r$r.log" 2>&1 || die "borg init failed"
     timed "borg-full-r$r" env -C "$W/src" borg create --compression lz4 "$X/borg::p1" disk.img
     FULL_T[borg]+=" $T_SECS"
+    rm -rf "$X/borg"
     timed "qcow2-full-r$r" qemu-img convert -O qcow2 "$SRC" "$X/c1.qcow2"
     FULL_T[qcow2]+=" $T_SECS"
     rm -rf "$X"

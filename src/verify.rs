@@ -72,9 +72,9 @@ pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyR
     // bounded, and progress is reported as it goes.
     let mut after = None;
     loop {
-        let page = idx.blocks_after(after, 1024)?;
+        let page = idx.blocks_after(after.as_ref(), 1024)?;
         let Some(last) = page.last() else { break };
-        after = Some((last.loc.pack, last.loc.offset));
+        after = Some(last.clone());
         let results: Vec<Option<String>> = page
             .par_iter()
             .map(|b| reader.read_block_verified(&b.loc, &b.digest).err().map(|e| e.to_string()))

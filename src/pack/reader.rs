@@ -2,10 +2,10 @@
 //! reader; files are opened once and read with positional reads.
 //!
 //! Frames a sequential reader is about to need are read ahead with direct
-//! I/O ([`PackReader::stage`]): runs of adjacent frames land in buffers of
-//! our own and wait there for the read that takes them (short runs, whose
-//! many small reads the kernel does better at once, go through the page
-//! cache instead). They do
+//! I/O ([`PackReader::stage`]): streaks of frames an ingest wrote one after
+//! the other land in buffers of our own and wait there for the read that
+//! takes them (short streaks, scattered frames whose many small reads the
+//! kernel does better at once, go through the page cache instead). They do
 //! not pass through the page cache, so restoring a large image neither
 //! fills memory with pack pages nor pays for copying through them, and
 //! pack pages never compete with the image's own pages. Other reads
@@ -54,8 +54,8 @@ const STAGED_BYTES: u64 = 32 << 20;
 const STAGED_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 /// A run of adjacent frames is read with one request of at most this.
 const RUN_MAX: u64 = 1 << 20;
-/// Runs of fewer frames (under half a megabyte of 64 KiB blocks) are read
-/// ahead through the page cache.
+/// Streaks of fewer frames (under half a megabyte of 64 KiB blocks) are
+/// read ahead through the page cache.
 const DIRECT_MIN_FRAMES: usize = 8;
 
 /// Read-ahead buffers come in two sizes, one for a lone frame (the usual
@@ -442,7 +442,10 @@ fn runs(locs: &[FrameLoc]) -> impl Iterator<Item = &[FrameLoc]> {
 
 /// Splits `locs` into streaks: frames an ingest wrote one after the other,
 /// adjacent in a pack or continuing at the start of the next pack (a full
-/// pack is followed by the next one).
+/// pack is followed by the next one). Whether the frame before is the last
+/// of its pack is not known here, so a scattered frame followed by the
+/// first of the next pack joins it: at worst one short direct read per
+/// pack boundary.
 fn streaks(locs: &[FrameLoc]) -> impl Iterator<Item = &[FrameLoc]> {
     let follows = |prev: &FrameLoc, next: &FrameLoc| {
         (next.pack == prev.pack && next.offset == frame_end(prev))
@@ -629,6 +632,7 @@ mod tests {
         let blocks = write_packs(d.path(), 1, 12, 9);
         assert_eq!(blocks[9].0.pack, PackId(2));
         let r = PackReader::new(d.path());
+        assert!(r.direct_file(PackId(1)).is_some(), "this test needs a checkout on a file system that allows direct I/O");
         let locs: Vec<FrameLoc> = blocks.iter().map(|(l, _)| *l).collect();
         r.stage(&locs);
         for (l, digest) in &blocks {
