@@ -521,6 +521,7 @@ impl Index {
     /// page at a time, so its memory does not grow with the repository. A
     /// list of all blocks took about 60 bytes a block: a gigabyte for a
     /// terabyte stored in 64 KiB blocks.
+    ///
     /// The block id breaks ties: two rows at one place are damage, and
     /// verify must see both.
     pub fn blocks_after(&self, after: Option<&BlockRow>, limit: usize) -> Result<Vec<BlockRow>> {

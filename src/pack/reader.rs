@@ -264,8 +264,8 @@ impl PackReader {
         // deep chains a third slower. The pieces of a long streak, cut at a
         // pack's end or at the size of one read, are read directly however
         // short: left to the kernel, they were a fortieth of a full
-        // backup's blocks but, read synchronously when the reader got
-        // there, a fifth of its cold read time.
+        // backup's blocks, but the FUSE threads read them synchronously
+        // when they got there, 0.13-0.40 s of a 1.0-1.15 s cold read.
         let fresh_runs = streaks(&fresh).flat_map(|streak| runs(streak).map(move |run| (run, streak.len())));
         for (run, streak_len) in fresh_runs {
             let (pack, start, end) = (run[0].pack, run[0].offset, frame_end(&run[run.len() - 1]));
