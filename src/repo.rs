@@ -49,6 +49,19 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// Whether `e` is something an interrupted `init` leaves: the empty pack
+/// directory, the lock file, the index being built. A directory holding
+/// only those is taken over by `init` run again.
+fn left_by_init(e: &std::fs::DirEntry) -> bool {
+    let name = e.file_name();
+    let Some(name) = name.to_str() else { return false };
+    match name {
+        PACK_DIR => std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none()),
+        LOCK_FILE => true,
+        _ => name.starts_with(crate::index::INDEX_BUILDING),
+    }
+}
+
 impl Repo {
     /// Creates a repository at `path` (a new or empty directory).
     pub fn init(path: &Path, block_size: u32, pack_size: u64) -> Result<Repo> {
@@ -59,23 +72,32 @@ impl Repo {
             )));
         }
         if path.exists() {
-            let mut entries =
-                std::fs::read_dir(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-            if entries.next().is_some() {
+            let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(path)
+                .and_then(|d| d.collect())
+                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+            if !entries.iter().all(left_by_init) {
                 return Err(Error::Input(format!(
                     "{} exists and is not empty; give a new or empty directory",
                     path.display()
                 )));
             }
+            if !entries.is_empty() {
+                log::info!("{}: finishing an interrupted init", path.display());
+            }
+            crate::index::remove_building(path)
+                .map_err(|e| Error::io(format!("cannot clean up {}", path.display()), e))?;
         } else {
             std::fs::create_dir(path)
                 .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
         }
         let mkerr = |e| Error::io(format!("cannot initialise {}", path.display()), e);
-        std::fs::create_dir(path.join(PACK_DIR)).map_err(mkerr)?;
+        match std::fs::create_dir(path.join(PACK_DIR)) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(mkerr(e)),
+            _ => {}
+        }
         File::create(path.join(LOCK_FILE)).map_err(mkerr)?;
-        // The index is created last: its presence is what makes the
-        // directory a repository.
+        // The index is created last, whole or not at all: its presence is
+        // what makes the directory a repository.
         let index = Index::create(path, block_size, pack_size, now_unix())?;
         Ok(Repo { path: path.to_path_buf(), index, block_size, pack_size })
     }

@@ -324,3 +324,40 @@ fn usage_errors_exit_2() {
         assert_eq!(out.code, Some(2), "{}", out.describe());
     }
 }
+
+/// `init` killed part way leaves what it made so far (the pack directory,
+/// the lock file, the index still under its temporary name), never an
+/// index without its settings. Such a directory is not a repository, and
+/// `init` run again takes it over; anything else in a directory still
+/// makes `init` refuse it, unchanged.
+#[test]
+fn init_finishes_what_an_interrupted_init_left() {
+    let s = Scratch::new();
+    let left = s.path("left-by-init");
+    fs::create_dir_all(left.join("packs")).unwrap();
+    fs::write(left.join("lock"), b"").unwrap();
+    fs::write(left.join("index.sqlite.init"), b"half a database").unwrap();
+    fs::write(left.join("index.sqlite.init-wal"), b"half a log").unwrap();
+    // Not a repository.
+    let out = cbtfs(&["list", &p(&left), "--json"]);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert_one_line_error(&out);
+    assert!(out.stderr.contains("not a cbtfs repository"), "{}", out.describe());
+    // init takes it over: a working repository, nothing left of the attempt.
+    let out = cbtfs(&["init", &p(&left)]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(dir_names(&left), ["index.sqlite", "lock", "packs"]);
+    let out = cbtfs(&["list", &p(&left), "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+
+    // A pack in the pack directory is not init's: refused, unchanged.
+    let other = s.path("not-init");
+    fs::create_dir_all(other.join("packs")).unwrap();
+    fs::write(other.join("packs").join("0000000000000001.pack"), b"data").unwrap();
+    fs::write(other.join("index.sqlite.init"), b"").unwrap();
+    let out = cbtfs(&["init", &p(&other)]);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert_one_line_error(&out);
+    assert_eq!(dir_names(&other), ["index.sqlite.init", "packs"]);
+    assert_eq!(dir_names(&other.join("packs")), ["0000000000000001.pack"]);
+}

@@ -25,6 +25,8 @@ pub enum IndexError {
     NotARepo(PathBuf),
     #[error("cannot open the repository index {path}: {source}")]
     Open { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot create the repository index {path}: {source}")]
+    Create { path: PathBuf, source: std::io::Error },
     #[error("the repository index {path} is damaged: {what}")]
     BadMeta { path: PathBuf, what: String },
     #[error("repository {0} cannot be written here and its index has changes not yet folded in (index.sqlite-wal, left by a crash); open it once where it can be written (e.g. with `cbtfs list`), or copy it to writable storage")]
@@ -85,6 +87,21 @@ pub struct Index {
     path: PathBuf,
 }
 
+/// The name an index is built under by [`Index::create`].
+pub const INDEX_BUILDING: &str = "index.sqlite.init";
+
+/// Removes what an interrupted [`Index::create`] left in `repo`: the
+/// index being built and SQLite's files beside it.
+pub fn remove_building(repo: &Path) -> std::io::Result<()> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        match std::fs::remove_file(repo.join(format!("{INDEX_BUILDING}{suffix}"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn set_pragmas(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -96,24 +113,39 @@ fn set_pragmas(conn: &Connection) -> rusqlite::Result<()> {
 
 impl Index {
     /// Creates the index of a new repository. Fails if it exists.
+    ///
+    /// The index is built whole under a temporary name and then renamed
+    /// into place, so `init` killed at any moment leaves no index at all,
+    /// never one without its settings: the directory is not a repository
+    /// yet, and `init` run again starts over (see `Repo::init`).
     pub fn create(repo: &Path, block_size: u32, pack_size: u64, now: i64) -> Result<Index> {
         let path = repo.join(crate::format::INDEX_FILE);
+        let tmp = repo.join(INDEX_BUILDING);
         let open = |e| IndexError::Open { path: path.clone(), source: e };
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
-        let mut conn = Connection::open_with_flags(&path, flags).map_err(open)?;
-        set_pragmas(&conn).map_err(open)?;
-        migrate::migrate(&mut conn)?;
-        let tx = conn.transaction()?;
-        for (k, v) in [
-            ("format_version", crate::format::REPO_FORMAT_VERSION.to_string()),
-            ("block_size", block_size.to_string()),
-            ("pack_size", pack_size.to_string()),
-            ("created", now.to_string()),
-        ] {
-            tx.execute("INSERT INTO repo_meta(key, value) VALUES (?1, ?2)", params![k, v])?;
+        let io = |source| IndexError::Create { path: path.clone(), source };
+        remove_building(repo).map_err(io)?;
+        {
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+            let mut conn = Connection::open_with_flags(&tmp, flags).map_err(open)?;
+            set_pragmas(&conn).map_err(open)?;
+            migrate::migrate(&mut conn)?;
+            let tx = conn.transaction()?;
+            for (k, v) in [
+                ("format_version", crate::format::REPO_FORMAT_VERSION.to_string()),
+                ("block_size", block_size.to_string()),
+                ("pack_size", pack_size.to_string()),
+                ("created", now.to_string()),
+            ] {
+                tx.execute("INSERT INTO repo_meta(key, value) VALUES (?1, ?2)", params![k, v])?;
+            }
+            tx.commit()?;
+            // Closing the only connection folds the log into the file.
+            conn.close().map_err(|(_, e)| open(e))?;
         }
-        tx.commit()?;
-        Ok(Index { conn, path })
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        std::fs::File::open(repo).and_then(|d| d.sync_all()).map_err(io)?;
+        Index::open_read_write(path)
     }
 
     /// Opens the index of an existing repository, migrating it if needed.
