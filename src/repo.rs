@@ -84,8 +84,6 @@ impl Repo {
             if !entries.is_empty() {
                 log::info!("{}: finishing an interrupted init", path.display());
             }
-            crate::index::remove_building(path)
-                .map_err(|e| Error::io(format!("cannot clean up {}", path.display()), e))?;
         } else {
             std::fs::create_dir(path)
                 .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;

@@ -92,7 +92,7 @@ pub const INDEX_BUILDING: &str = "index.sqlite.init";
 
 /// Removes what an interrupted [`Index::create`] left in `repo`: the
 /// index being built and SQLite's files beside it.
-pub fn remove_building(repo: &Path) -> std::io::Result<()> {
+fn remove_building(repo: &Path) -> std::io::Result<()> {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         match std::fs::remove_file(repo.join(format!("{INDEX_BUILDING}{suffix}"))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -123,6 +123,10 @@ impl Index {
         let tmp = repo.join(INDEX_BUILDING);
         let open = |e| IndexError::Open { path: path.clone(), source: e };
         let io = |source| IndexError::Create { path: path.clone(), source };
+        if path.exists() {
+            return Err(io(std::io::Error::from(std::io::ErrorKind::AlreadyExists)));
+        }
+        // What an interrupted create left.
         remove_building(repo).map_err(io)?;
         {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
