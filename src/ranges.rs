@@ -46,25 +46,16 @@ impl RangeSet {
         self.runs.iter().map(|r| r.end - r.start).sum()
     }
 
-    /// Splits into the first `n` covered values and the rest.
-    pub fn split_at_len(&self, n: u64) -> (RangeSet, RangeSet) {
-        let mut left = Vec::new();
-        let mut right = Vec::new();
-        let mut need = n;
+    /// The `n`th covered value (from 0), if there are more than `n`.
+    pub fn nth(&self, mut n: u64) -> Option<u64> {
         for r in &self.runs {
             let len = r.end - r.start;
-            if need >= len {
-                left.push(r.clone());
-                need -= len;
-            } else if need > 0 {
-                left.push(r.start..r.start + need);
-                right.push(r.start + need..r.end);
-                need = 0;
-            } else {
-                right.push(r.clone());
+            if n < len {
+                return Some(r.start + n);
             }
+            n -= len;
         }
-        (RangeSet { runs: left }, RangeSet { runs: right })
+        None
     }
 
     pub fn union(&self, other: &RangeSet) -> RangeSet {
@@ -185,19 +176,14 @@ mod tests {
     }
 
     #[test]
-    fn split_at_len_keeps_every_value_once_in_order() {
+    fn nth_counts_covered_values_in_order() {
         let s = rs(&[(0, 3), (10, 14), (20, 21)]);
-        for n in 0..=9 {
-            let (a, b) = s.split_at_len(n);
-            assert_eq!(a.len(), n.min(8), "left of {n}");
-            assert_eq!(a.len() + b.len(), 8);
-            assert_eq!(a.union(&b), s);
-            assert!(a.intersect(&b).is_empty());
-            if let (Some(l), Some(r)) = (a.runs().last(), b.runs().first()) {
-                assert!(l.end <= r.start, "left before right at {n}");
-            }
+        let all: Vec<u64> = s.runs().iter().flat_map(|r| r.clone()).collect();
+        assert_eq!(all, [0, 1, 2, 10, 11, 12, 13, 20]);
+        for (n, v) in all.iter().enumerate() {
+            assert_eq!(s.nth(n as u64), Some(*v), "value {n}");
         }
-        assert_eq!(s.split_at_len(5).0.runs(), &[0..3, 10..12]);
-        assert_eq!(s.split_at_len(5).1.runs(), &[12..14, 20..21]);
+        assert_eq!(s.nth(8), None);
+        assert_eq!(RangeSet::new().nth(0), None);
     }
 }

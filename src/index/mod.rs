@@ -657,29 +657,24 @@ mod tests {
         }
         want.sort();
         assert_eq!(idx.block_totals().unwrap(), (2500, 2500 * 7));
-        let mut got = Vec::new();
-        let mut after = None;
-        loop {
-            let page = idx.blocks_after(after.as_ref(), 1000).unwrap();
-            assert!(page.len() <= 1000);
-            got.extend(page.iter().map(|b| (b.loc.pack.0, b.loc.offset)));
-            let Some(last) = page.last() else { break };
-            after = Some(last.clone());
-        }
+        // Every row, paging as verify does.
+        let all = |limit| {
+            let (mut rows, mut after) = (Vec::new(), None);
+            loop {
+                let page = idx.blocks_after(after.as_ref(), limit).unwrap();
+                assert!(page.len() <= limit);
+                let Some(last) = page.last().cloned() else { return rows };
+                rows.extend(page);
+                after = Some(last);
+            }
+        };
+        let got: Vec<(i64, u64)> = all(1000).iter().map(|b| (b.loc.pack.0, b.loc.offset)).collect();
         assert_eq!(got, want);
         // Two rows at one place (damage) across a page boundary: both seen.
         // Block 1 went to pack 2 at offset 10.
         let twin = FrameLoc { pack: PackId(2), offset: 10, stored_len: 7, raw_len: 65536 };
         idx.insert_block(&Digest::of(b"twin"), &twin).unwrap();
-        let first = idx.blocks_after(None, 1).unwrap();
-        let mut twins = 0;
-        let mut after = first.last().cloned();
-        twins += first.iter().filter(|b| b.loc.pack.0 == 2 && b.loc.offset == 10).count();
-        while let Some(a) = after {
-            let page = idx.blocks_after(Some(&a), 1).unwrap();
-            twins += page.iter().filter(|b| b.loc.pack.0 == 2 && b.loc.offset == 10).count();
-            after = page.last().cloned();
-        }
+        let twins = all(1).iter().filter(|b| b.loc.pack.0 == 2 && b.loc.offset == 10).count();
         assert_eq!(twins, 2);
     }
 }

@@ -418,9 +418,8 @@ fn batches(runs: RangeSet, per_batch: u64) -> impl Iterator<Item = (u64, u64)> {
 /// disks cannot tell them apart, as virtual disks report themselves
 /// rotational whatever backs them.
 fn interleaved_batches(runs: RangeSet, per_batch: u64) -> impl Iterator<Item = (u64, u64)> {
-    let (_, back) = runs.split_at_len(runs.len() / 2);
-    // Move the split down to a batch boundary of block numbers.
-    let split = back.runs().first().map_or(0, |r| r.start / per_batch * per_batch);
+    // The block half-way through, moved down to a batch boundary.
+    let split = runs.nth(runs.len() / 2).map_or(0, |b| b / per_batch * per_batch);
     let (front, back) = (runs.intersect(&RangeSet::single(0..split)), runs.subtract(&RangeSet::single(0..split)));
     let mut front = batches(front, per_batch).fuse();
     let mut back = batches(back, per_batch).fuse();
