@@ -50,6 +50,9 @@ pub enum NodeKind {
 pub struct NodeAttr {
     pub kind: NodeKind,
     pub size: u64,
+    /// Bytes holding data (st_blocks): copy tools look for holes only in
+    /// files whose allocated size is below their length.
+    pub allocated: u64,
     /// Unix seconds: the point's creation time for points and images.
     pub mtime: i64,
 }
@@ -172,11 +175,14 @@ impl Catalog {
             return Ok(self.partition(d, n)?.map(|(_, point, part)| NodeAttr {
                 kind: NodeKind::File,
                 size: part.len,
+                // Not counted: a partition's count would cost a pass over
+                // its versions on every lookup. Seeks still find its holes.
+                allocated: part.len,
                 mtime: point.created,
             }));
         }
         self.store.chain.with_index(|idx| {
-            let dir = |mtime| Some(NodeAttr { kind: NodeKind::Dir, size: 0, mtime });
+            let dir = |mtime| Some(NodeAttr { kind: NodeKind::Dir, size: 0, allocated: 0, mtime });
             Ok(match node {
                 Node::Root => dir(0),
                 Node::Machine(m) => match idx.machine_name(m)? {
@@ -187,12 +193,19 @@ impl Catalog {
                 Node::Latest(m) => idx.latest_point(m)?.map(|p| NodeAttr {
                     kind: NodeKind::Symlink,
                     size: p.name().len() as u64,
+                    allocated: 0,
                     mtime: p.created,
                 }),
                 Node::Image(d) => match idx.point_disk(d)? {
                     Some(disk) => idx.point(disk.point)?.map(|p| NodeAttr {
                         kind: NodeKind::File,
                         size: disk.size,
+                        // Unknown for disks recorded before the count was
+                        // kept: then fully allocated, which is never wrong
+                        // for a copy, only slower.
+                        allocated: disk
+                            .data_blocks
+                            .map_or(disk.size, |n| n.saturating_mul(u64::from(self.store.block_size)).min(disk.size)),
                         mtime: p.created,
                     }),
                     None => None,

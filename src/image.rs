@@ -12,7 +12,7 @@ use lru::LruCache;
 
 use crate::chain::{Chain, Location};
 use crate::error::Result;
-use crate::ids::{BlockId, Digest, LineageId};
+use crate::ids::{BlockId, BlockNo, Digest, LineageId};
 use crate::pack::FrameLoc;
 use crate::pack::PackReader;
 use crate::readahead::{self, ReadAhead, Stream};
@@ -205,6 +205,41 @@ impl ImageReader {
             }
         }
         Ok(())
+    }
+
+    /// Where the data at or after `offset` starts (SEEK_DATA), or `None`
+    /// when only zeros follow (ENXIO). Holes are whole zero blocks, the
+    /// ones a backup never stored: a copy (`cp`, `qemu-img convert`) that
+    /// skips them costs the point's data, not its disk size.
+    pub fn seek_data(&self, offset: u64) -> Result<Option<u64>> {
+        if offset >= self.size() {
+            return Ok(None);
+        }
+        let (abs, first, end) = self.block_span(offset);
+        let bs = u64::from(self.store.block_size);
+        let found = self.store.chain.with_index(|idx| Ok(idx.next_data_block(self.lineage, self.seq, first, end)?))?;
+        Ok(found.map(|b| (b.0 * bs).max(abs) - self.start))
+    }
+
+    /// Where the zeros at or after `offset` start (SEEK_HOLE): a zero block,
+    /// or the end of the image; `None` past the end (ENXIO).
+    pub fn seek_hole(&self, offset: u64) -> Result<Option<u64>> {
+        if offset >= self.size() {
+            return Ok(None);
+        }
+        let (abs, first, end) = self.block_span(offset);
+        let bs = u64::from(self.store.block_size);
+        let found = self.store.chain.with_index(|idx| Ok(idx.next_zero_block(self.lineage, self.seq, first, end)?))?;
+        let at = found.map_or(self.end, |b| (b.0 * bs).max(abs).min(self.end));
+        Ok(Some(at - self.start))
+    }
+
+    /// `offset` on the whole disk, and the blocks from the one holding it
+    /// to the end of this image.
+    fn block_span(&self, offset: u64) -> (u64, BlockNo, BlockNo) {
+        let bs = u64::from(self.store.block_size);
+        let abs = self.start + offset;
+        (abs, BlockNo(abs / bs), BlockNo(self.end.div_ceil(bs)))
     }
 
     /// A block through the cache: parts of blocks are read by random and

@@ -120,6 +120,30 @@ fn assert_is_range(file: &Path, disk: &Path, start: u64, len: u64) {
     assert_eq!(at, len, "{} read short", file.display());
 }
 
+/// The holes SEEK_HOLE shows in a partition file of a mount are the disk
+/// image's holes within the partition, and read as zeros on the source
+/// disk.
+#[track_caller]
+fn assert_holes_are_the_disks(file: &Path, disk: &Path, start: u64, len: u64) {
+    let got = data_extents(file);
+    let image = file.with_file_name("sda.img");
+    let want: Vec<(u64, u64)> = data_extents(&image)
+        .into_iter()
+        .map(|(a, b)| (a.max(start), b.min(start + len)))
+        .filter(|(a, b)| a < b)
+        .map(|(a, b)| (a - start, b - start))
+        .collect();
+    assert_eq!(got, want, "data extents of {}", file.display());
+    let mut at = 0;
+    for &(data, hole) in got.iter().chain([(len, len)].iter()) {
+        if data > at {
+            let zeros = read_at(disk, start + at, (data - at) as usize).unwrap();
+            assert!(zeros.iter().all(|&b| b == 0), "{}: a hole at {at}..{data} holds data on the disk", file.display());
+        }
+        at = hole;
+    }
+}
+
 fn tree(rng: &mut Rng, names: &[&str]) -> Tree {
     names
         .iter()
@@ -177,8 +201,10 @@ fn mbr_primary_and_logical_partitions_are_files() {
     assert_eq!(dir_names(&new), want);
     for n in [1, 5, 6] {
         let (start, len) = range(n);
-        assert_is_range(&new.join(format!("sda-part{n}.img")), &disk, start, len);
-        assert_is_range(&old.join(format!("sda-part{n}.img")), &first, start, len);
+        for (dir, src) in [(&new, &disk), (&old, &first)] {
+            assert_is_range(&dir.join(format!("sda-part{n}.img")), src, start, len);
+            assert_holes_are_the_disks(&dir.join(format!("sda-part{n}.img")), src, start, len);
+        }
     }
     let part = |dir: &Path, n: u32| dir.join(format!("sda-part{n}.img"));
     assert_image_tree(&part(&old, 1), &s.mnt("l"), &t1, "ext4 partition, first point");
@@ -229,8 +255,10 @@ fn gpt_partitions_numbered_by_entry_and_read_from_backup_header() {
     assert_eq!(dir_names(&p1), ["sda-part1.img", "sda-part3.img", "sda.img"]);
     assert_eq!(dir_names(&p2), ["sda-part1.img", "sda-part3.img", "sda.img", "sdb.img"]);
     for (n, start, len) in &parts {
-        assert_is_range(&p1.join(format!("sda-part{n}.img")), &disk, *start, *len);
-        assert_is_range(&p2.join(format!("sda-part{n}.img")), &damaged, *start, *len);
+        for (dir, src) in [(&p1, &disk), (&p2, &damaged)] {
+            assert_is_range(&dir.join(format!("sda-part{n}.img")), src, *start, *len);
+            assert_holes_are_the_disks(&dir.join(format!("sda-part{n}.img")), src, *start, *len);
+        }
     }
     for (name, data) in &t1 {
         assert_eq!(&fat_file(&p1.join("sda-part1.img"), name), data, "FAT partition, file {name}");

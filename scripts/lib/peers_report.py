@@ -62,6 +62,7 @@ ROWS = [
     ("sparse_full_s", "Full ingest", "s"),
     ("sparse_nochange_map_s", "No-change incremental, empty map", "s"),
     ("sparse_nochange_scan_s", "No-change incremental, no map (scan)", "s"),
+    ("sparse_cp_s", "Copy of the point out of the mount with `cp` (cold)", "s"),
 ]
 
 

@@ -12,8 +12,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, Session,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request, Session,
 };
+
+use nix::unistd::Whence;
 
 use super::inode::{from_ino, to_ino};
 use crate::catalog::{Catalog, Node, NodeAttr, NodeKind};
@@ -65,7 +67,7 @@ impl CbtFs {
         FileAttr {
             ino: to_ino(node),
             size: a.size,
-            blocks: a.size.div_ceil(512),
+            blocks: a.allocated.div_ceil(512),
             atime: t,
             mtime: t,
             ctime: t,
@@ -173,6 +175,29 @@ impl Filesystem for CbtFs {
             Ok(()) => reply.data(buf),
             Err(e) => reply.error(eio(&format!("read at offset {offset}"), e)),
         });
+    }
+
+    /// SEEK_DATA and SEEK_HOLE, from the block index: copies skip the
+    /// holes instead of reading zeros through FUSE. (The kernel answers
+    /// the other kinds of seek itself.)
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let img = self.handles.lock().unwrap().get(&fh.0).cloned();
+        let Some(img) = img else { return reply.error(Errno::EBADF) };
+        // Like the kernel's own seek: an offset before the start is past
+        // any data.
+        let Ok(at) = u64::try_from(offset) else { return reply.error(Errno::ENXIO) };
+        let found = if whence == Whence::SeekData as i32 {
+            img.seek_data(at)
+        } else if whence == Whence::SeekHole as i32 {
+            img.seek_hole(at)
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        match found {
+            Ok(Some(pos)) => reply.offset(pos as i64),
+            Ok(None) => reply.error(Errno::ENXIO),
+            Err(e) => reply.error(eio(&format!("seek from offset {offset}"), e)),
+        }
     }
 
     fn release(

@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[&str] =
         include_str!("../../schema/0001_init.sql"),
         include_str!("../../schema/0002_bitmap_kind.sql"),
         include_str!("../../schema/0003_protected_points.sql"),
+        include_str!("../../schema/0004_data_blocks.sql"),
     ];
 
 /// Schema version this build writes and understands.

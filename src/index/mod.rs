@@ -19,6 +19,15 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use crate::ids::{BlockId, BlockNo, Digest, LineageId, MachineId, PackId, PointDiskId, PointId};
 use crate::pack::FrameLoc;
 
+/// The latest version at or before ?4 of each block in ?2..?3 of lineage
+/// ?1 that has any: (block, seq, block id or NULL for zeros), in block
+/// order. SQLite's bare-column rule: with max(seq), the other columns come
+/// from the row holding the maximum. The primary key's order serves the
+/// grouping, so rows stream and a caller may stop early.
+const LATEST_IN_RANGE: &str = "SELECT block_no, max(seq), block_id FROM block_versions
+     WHERE lineage_id = ?1 AND block_no >= ?2 AND block_no < ?3 AND seq <= ?4
+     GROUP BY block_no ORDER BY block_no";
+
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     #[error("{0} is not a cbtfs repository (no {idx}); create one with `cbtfs init`", idx = crate::format::INDEX_FILE)]
@@ -72,6 +81,9 @@ pub struct PointDiskRow {
     pub blocks_read: u64,
     pub blocks_stored: u64,
     pub bytes_stored: u64,
+    /// Blocks that hold data at this point (the others read as zeros);
+    /// `None` for disks recorded before the index kept the count.
+    pub data_blocks: Option<u64>,
 }
 
 /// A stored block, for verify.
@@ -368,11 +380,12 @@ impl Index {
             blocks_read: r.get::<_, i64>(7)? as u64,
             blocks_stored: r.get::<_, i64>(8)? as u64,
             bytes_stored: r.get::<_, i64>(9)? as u64,
+            data_blocks: r.get::<_, Option<i64>>(10)?.map(|n| n as u64),
         })
     }
 
     const DISK_COLS: &'static str = "id, point_id, name, lineage_id, size, kind, reason,
-        blocks_read, blocks_stored, bytes_stored";
+        blocks_read, blocks_stored, bytes_stored, data_blocks";
 
     /// Disks of a point, by name.
     pub fn point_disks(&self, point: PointId) -> Result<Vec<PointDiskRow>> {
@@ -394,8 +407,8 @@ impl Index {
         self.conn
             .prepare_cached(
                 "INSERT INTO point_disks(point_id, name, lineage_id, size, kind, reason,
-                   blocks_read, blocks_stored, bytes_stored)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                   blocks_read, blocks_stored, bytes_stored, data_blocks)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 d.point,
@@ -406,9 +419,18 @@ impl Index {
                 d.reason,
                 d.blocks_read as i64,
                 d.blocks_stored as i64,
-                d.bytes_stored as i64
+                d.bytes_stored as i64,
+                d.data_blocks.map(|n| n as i64)
             ])?;
         Ok(PointDiskId(self.conn.last_insert_rowid()))
+    }
+
+    /// Records the count of a disk recorded before the index kept it.
+    pub fn set_data_blocks(&self, id: PointDiskId, n: u64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE point_disks SET data_blocks = ?1 WHERE id = ?2")?
+            .execute(params![n as i64, id])?;
+        Ok(())
     }
 
     // ---- blocks and versions -------------------------------------------
@@ -483,6 +505,54 @@ impl Index {
         )?;
         let rows = st.query_map(params![lineage, lo, hi, seq], |r| Ok((r.get(0)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The first block in `from..end` of `lineage` at point `seq` that holds
+    /// data, if any: where SEEK_DATA lands. Walks the versions from `from`
+    /// in block order and stops at the first with data, so it costs the
+    /// zero versions passed, never the size of the holes between rows.
+    pub fn next_data_block(&self, lineage: LineageId, seq: i64, from: BlockNo, end: BlockNo) -> Result<Option<BlockNo>> {
+        let mut st = self.conn.prepare_cached(LATEST_IN_RANGE)?;
+        let mut rows = st.query(params![lineage, from, end, seq])?;
+        while let Some(r) = rows.next()? {
+            if r.get::<_, Option<i64>>(2)?.is_some() {
+                return Ok(Some(r.get(0)?));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first block in `from..end` of `lineage` at point `seq` that is
+    /// all zeros (never stored, or zeroed by a later point), if any: where
+    /// SEEK_HOLE lands. Costs the blocks with data passed on the way.
+    pub fn next_zero_block(&self, lineage: LineageId, seq: i64, from: BlockNo, end: BlockNo) -> Result<Option<BlockNo>> {
+        let mut st = self.conn.prepare_cached(LATEST_IN_RANGE)?;
+        let mut rows = st.query(params![lineage, from, end, seq])?;
+        let mut expect = from.0;
+        while let Some(r) = rows.next()? {
+            let b: u64 = r.get(0)?;
+            if b > expect || r.get::<_, Option<i64>>(2)?.is_none() {
+                // A block without any version so far, or a zero version.
+                return Ok(Some(BlockNo(expect.min(b))));
+            }
+            expect = b + 1;
+        }
+        Ok((expect < end.0).then_some(BlockNo(expect)))
+    }
+
+    /// Blocks of `lineage` that hold data at point `seq`. Costs every
+    /// version up to `seq`; ingest keeps the count per point instead and
+    /// needs this only for points recorded before it did.
+    pub fn count_data_blocks(&self, lineage: LineageId, seq: i64) -> Result<u64> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM
+                   (SELECT max(seq), block_id FROM block_versions
+                    WHERE lineage_id = ?1 AND seq <= ?2 GROUP BY block_no)
+                 WHERE block_id IS NOT NULL",
+            )?
+            .query_row(params![lineage, seq], |r| r.get(0))?)
     }
 
     /// Where the bytes of `block` of `lineage` at point `seq` live; `None`

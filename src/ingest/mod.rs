@@ -33,7 +33,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::ids::LineageId;
+use crate::ids::{LineageId, PointDiskId};
 use crate::index::{PointDiskRow, PointRow};
 use crate::names::{check_checkpoint, check_name};
 use crate::ranges::RangeSet;
@@ -75,9 +75,14 @@ impl Kind {
 /// The previous version of a disk that an incremental builds on.
 #[derive(Debug, Clone)]
 pub struct Previous {
+    /// Its row in `point_disks`.
+    pub id: PointDiskId,
     pub lineage: LineageId,
     pub seq: i64,
     pub size: u64,
+    /// Its blocks holding data; `None` if recorded before the index kept
+    /// the count.
+    pub data_blocks: Option<u64>,
 }
 
 /// How one disk will be ingested.
@@ -239,9 +244,11 @@ pub fn plan(repo: &Repo, req: &Request) -> Result<Plan> {
         };
         let prev_row: Option<&PointDiskRow> = prev_disks.iter().find(|d| d.name == *name);
         let prev = prev_row.map(|d| Previous {
+            id: d.id,
             lineage: d.lineage,
             seq: latest.as_ref().map(|p| p.seq).unwrap_or(0),
             size: d.size,
+            data_blocks: d.data_blocks,
         });
         let (kind, reason) = if req.full || prev.is_none() {
             if let Some(what) = if changed.is_some() { Some("map") } else { bitmap.map(|_| "bitmap") } {
@@ -352,7 +359,27 @@ impl Plan {
                 None => idx.insert_lineage(machine, &d.name)?,
             };
             let started = std::time::Instant::now();
+            // Counted once for a point recorded before the index kept the
+            // count; from then on each point's follows from its own.
+            let data_before = match &d.prev {
+                None => 0,
+                Some(p) => match p.data_blocks {
+                    Some(n) => n,
+                    None => {
+                        let n = idx.count_data_blocks(lineage, p.seq)?;
+                        idx.set_data_blocks(p.id, n)?;
+                        n
+                    }
+                },
+            };
             let stats = store.ingest_disk(d, lineage, seq, progress)?;
+            let data_blocks = data_before.checked_add_signed(stats.data_blocks_delta).ok_or_else(|| {
+                crate::error::Error::Input(format!(
+                    "disk {}: the index counts {data_before} blocks with data before this point and {} fewer now; it is damaged (run `cbtfs verify`)",
+                    d.name,
+                    -stats.data_blocks_delta
+                ))
+            })?;
             let seconds = started.elapsed().as_secs_f64();
             log::info!(
                 "disk {}: {} in {seconds:.2} s, {} blocks read, {} stored, {} deduplicated",
@@ -373,6 +400,7 @@ impl Plan {
                 blocks_read: stats.blocks_read,
                 blocks_stored: stats.blocks_stored,
                 bytes_stored: stats.bytes_stored,
+                data_blocks: Some(data_blocks),
             })?;
             reports.push(DiskReport {
                 name: d.name.clone(),

@@ -37,6 +37,9 @@ pub struct DiskStats {
     pub blocks_stored: u64,
     pub blocks_deduplicated: u64,
     pub bytes_stored: u64,
+    /// Blocks that hold data now less those that did at the previous
+    /// point: what turns its count into this point's.
+    pub data_blocks_delta: i64,
 }
 
 struct Batch {
@@ -189,13 +192,13 @@ impl<'a> BlockStore<'a> {
         if let Some(p) = &d.prev {
             // Holes where the previous version had data become zero.
             for r in holes.runs() {
-                self.zero_nonzero(lineage, p.seq, seq, r.start, r.end)?;
+                self.zero_nonzero(lineage, p.seq, seq, r.start, r.end, &mut stats)?;
             }
             // Blocks cut off by a shrink become zero, so a later grow
             // reads zeros there, not data from before the shrink.
             let prev_blocks = block_count(p.size, self.block_size);
             if nblocks < prev_blocks {
-                self.zero_nonzero(lineage, p.seq, seq, nblocks, i64::MAX as u64)?;
+                self.zero_nonzero(lineage, p.seq, seq, nblocks, i64::MAX as u64, &mut stats)?;
             }
         }
 
@@ -222,7 +225,7 @@ impl<'a> BlockStore<'a> {
     /// `prev_seq` holds data.
     /// Works in slices of the block range, so memory stays bounded when a
     /// shrink or a hole covers millions of previously stored blocks.
-    fn zero_nonzero(&self, lineage: LineageId, prev_seq: i64, seq: i64, lo: u64, hi: u64) -> Result<()> {
+    fn zero_nonzero(&self, lineage: LineageId, prev_seq: i64, seq: i64, lo: u64, hi: u64, stats: &mut DiskStats) -> Result<()> {
         const SLICE: u64 = 1 << 16;
         let Some(last) = self.idx.last_block_no(lineage)? else { return Ok(()) };
         let hi = hi.min(last.0 + 1);
@@ -232,6 +235,7 @@ impl<'a> BlockStore<'a> {
             for (b, digest) in self.idx.versions_in_range(lineage, prev_seq, BlockNo(start), BlockNo(end))? {
                 if digest.is_some() {
                     self.idx.insert_version(lineage, b, seq, None)?;
+                    stats.data_blocks_delta -= 1;
                 }
             }
             start = end;
@@ -271,6 +275,7 @@ impl<'a> BlockStore<'a> {
         for (i, digest) in digests.iter().enumerate() {
             let b = batch.first + i as u64;
             let before = prev.get(&b).copied().flatten();
+            stats.data_blocks_delta += i64::from(digest.is_some()) - i64::from(before.is_some());
             match digest {
                 None => {
                     if before.is_some() {

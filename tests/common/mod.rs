@@ -962,6 +962,28 @@ pub fn diff_extents(old: &Path, new: &Path, gran: u64) -> Vec<(u64, u64)> {
     ext
 }
 
+/// The data extents of a file, as SEEK_DATA and SEEK_HOLE report them:
+/// (start, end) pairs in order, each a run of data up to a hole.
+pub fn data_extents(path: &Path) -> Vec<(u64, u64)> {
+    use nix::unistd::{Whence, lseek};
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let size = f.metadata().unwrap().len();
+    let (mut out, mut pos) = (Vec::new(), 0u64);
+    while pos < size {
+        let data = match lseek(&f, pos as i64, Whence::SeekData) {
+            Ok(d) => d as u64,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => panic!("SEEK_DATA from {pos} in {}: {e}", path.display()),
+        };
+        let hole = lseek(&f, data as i64, Whence::SeekHole)
+            .unwrap_or_else(|e| panic!("SEEK_HOLE from {data} in {}: {e}", path.display())) as u64;
+        assert!(data >= pos && hole > data && hole <= size, "{}: data at {data}, hole at {hole}, from {pos}", path.display());
+        out.push((data, hole));
+        pos = hole;
+    }
+    out
+}
+
 /// Writes a map file: `[{"offset": N, "length": N}, ...]`.
 pub fn write_map(path: &Path, extents: &[(u64, u64)]) {
     let v: Vec<Value> = extents

@@ -1,0 +1,11 @@
+-- cbtfs block index, schema version 4: each disk of a point records how
+-- many of its blocks hold data (the rest read as zeros), so the mount can
+-- report an image's allocated size (st_blocks) without counting versions.
+-- Copy tools (cp, rsync, tar) look for holes only in files whose allocated
+-- size is below their length.
+--
+-- NULL: recorded before version 4. Counting it here would read every
+-- version of every point once; the next incremental of the disk counts its
+-- previous point instead, and until then the mount reports such an image
+-- as fully allocated, as before.
+ALTER TABLE point_disks ADD COLUMN data_blocks INTEGER CHECK (data_blocks >= 0);
