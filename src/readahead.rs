@@ -97,21 +97,31 @@ impl Stream {
     /// For a read of `offset..end` of an image of `size` bytes: the byte
     /// range to read ahead, if the read is sequential and the window ahead
     /// of it lacks at least one job's worth.
+    ///
+    /// The range is claimed with a compare-and-swap, so FUSE threads
+    /// serving neighbouring reads at once never both ask for it. A window
+    /// left far ahead by an earlier stretch of reads (a file system on the
+    /// image reads in many places) does not hold back a new stretch
+    /// behind it: read-ahead starts over from the new one.
     pub fn advance(&self, offset: u64, end: u64, size: u64) -> Option<Range<u64>> {
         let last = self.last_end.swap(end, Ordering::Relaxed);
         if offset.abs_diff(last) > SLACK {
             return None;
         }
         let target = end.saturating_add(WINDOW).min(size);
-        let from = self.ahead_until.load(Ordering::Relaxed).max(end);
-        if target < from.saturating_add(JOB_BYTES) && target < size {
-            return None;
+        let mut asked = self.ahead_until.load(Ordering::Relaxed);
+        loop {
+            // Reads arrive out of order: a window up to another window
+            // beyond this read's own is still this stretch's.
+            let from = if asked > target.saturating_add(WINDOW) { end } else { asked.max(end) };
+            if target <= from || (target < from.saturating_add(JOB_BYTES) && target < size) {
+                return None;
+            }
+            match self.ahead_until.compare_exchange_weak(asked, target, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(from..target),
+                Err(now) => asked = now,
+            }
         }
-        if target <= from {
-            return None;
-        }
-        self.ahead_until.fetch_max(target, Ordering::Relaxed);
-        Some(from..target)
     }
 }
 
@@ -126,6 +136,8 @@ pub fn jobs(lineage: LineageId, seq: i64, bytes: Range<u64>, block_size: u32) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::atomic::AtomicBool;
 
     const MIB: u64 = 1 << 20;
 
@@ -156,6 +168,59 @@ mod tests {
         assert_eq!(s.advance(0, MIB, size), Some(MIB..size));
         assert_eq!(s.advance(MIB, 2 * MIB, size), None);
         assert_eq!(s.advance(2 * MIB, size, size), None);
+    }
+
+    #[test]
+    fn a_new_stretch_behind_the_window_gets_read_ahead() {
+        let s = Stream::default();
+        let size = 1 << 30;
+        for i in 899..=902 {
+            s.advance(i * MIB, (i + 1) * MIB, size);
+        }
+        // A file system on the image now reads a file lower down.
+        assert_eq!(s.advance(100 * MIB, 101 * MIB, size), None, "a jump is not sequential yet");
+        assert_eq!(s.advance(101 * MIB, 102 * MIB, size), Some(102 * MIB..102 * MIB + WINDOW));
+        assert_eq!(s.advance(102 * MIB, 103 * MIB, size), Some(102 * MIB + WINDOW..103 * MIB + WINDOW));
+    }
+
+    #[test]
+    fn concurrent_readers_never_ask_for_a_range_twice() {
+        let size = 1 << 30;
+        for round in 0..100 {
+            let s = Stream::default();
+            let asked = Mutex::new(Vec::new());
+            // Two threads take the next megabyte in turn, as two FUSE
+            // threads serve the kernel's read-ahead requests, at most two
+            // in flight (a thread waits for the one before last to finish).
+            let next = AtomicU64::new(0);
+            let finished: Vec<AtomicBool> = (0..400).map(|_| AtomicBool::new(false)).collect();
+            std::thread::scope(|sc| {
+                for _ in 0..2 {
+                    let (s, asked, next, finished) = (&s, &asked, &next, &finished);
+                    sc.spawn(move || {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= 400 {
+                                return;
+                            }
+                            while i >= 2 && !finished[i as usize - 2].load(Ordering::Acquire) {
+                                std::thread::yield_now();
+                            }
+                            if let Some(r) = s.advance(i * MIB, (i + 1) * MIB, size) {
+                                asked.lock().unwrap().push(r);
+                            }
+                            finished[i as usize].store(true, Ordering::Release);
+                        }
+                    });
+                }
+            });
+            let mut asked = asked.into_inner().unwrap();
+            asked.sort_by_key(|r| r.start);
+            for w in asked.windows(2) {
+                assert!(w[0].end <= w[1].start, "round {round}: {:?} and {:?} overlap", w[0], w[1]);
+            }
+            assert!(asked.last().is_some_and(|r| r.end >= 400 * MIB), "round {round}: read-ahead fell behind");
+        }
     }
 
     #[test]
