@@ -137,7 +137,7 @@ fn seeks_and_allocated_size_follow_the_points_data() {
 /// Points recorded before the index counted data blocks show as fully
 /// allocated (never wrong for a copy, only slower); the next incremental
 /// counts its previous point from the versions, records that count, and
-/// its own.
+/// its own. A wrong count is counted again.
 #[test]
 fn points_without_a_count_are_counted_by_the_next_incremental() {
     let s = Scratch::new();
@@ -168,4 +168,16 @@ fn points_without_a_count_are_counted_by_the_next_incremental() {
     let img = fuse.image("vm", &names[1], "sda");
     assert_eq!(allocated(&img), 3 * BS);
     assert_eq!(data_extents(&img), runs(&[3, 4, 9]));
+    drop(fuse);
+
+    // A count that is wrong (too small for what the next point zeroes) is
+    // counted again; the backup does not fail over it.
+    sh("python3", &["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('UPDATE point_disks SET data_blocks = 0'); c.commit()", &p(&repo.join("index.sqlite"))]);
+    write_at(&src, 3 * BS, &vec![0u8; BS as usize]);
+    write_map(&map, &[(3 * BS, BS)]);
+    Ingest::new(&repo, "vm").disk("sda", &src).changes("sda", &map).since("c2").checkpoint("c3").run().ok();
+    let fuse = FuseMount::start(&repo, &s.mnt("fuse3"));
+    let img = fuse.image("vm", &point_names(&repo, "vm")[2], "sda");
+    assert_eq!(allocated(&img), 2 * BS);
+    assert_eq!(data_extents(&img), runs(&[4, 9]));
 }

@@ -14,7 +14,6 @@ use fuser::{
     KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request, Session,
 };
-
 use nix::unistd::Whence;
 
 use super::inode::{from_ino, to_ino};

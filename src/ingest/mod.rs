@@ -373,13 +373,16 @@ impl Plan {
                 },
             };
             let stats = store.ingest_disk(d, lineage, seq, progress)?;
-            let data_blocks = data_before.checked_add_signed(stats.data_blocks_delta).ok_or_else(|| {
-                crate::error::Error::Input(format!(
-                    "disk {}: the index counts {data_before} blocks with data before this point and {} fewer now; it is damaged (run `cbtfs verify`)",
-                    d.name,
-                    -stats.data_blocks_delta
-                ))
-            })?;
+            let data_blocks = match data_before.checked_add_signed(stats.data_blocks_delta) {
+                Some(n) => n,
+                // Only a wrong count recorded before can get here. It is a
+                // figure for st_blocks, not data: count again rather than
+                // fail a backup.
+                None => {
+                    log::warn!("disk {}: the recorded count of blocks with data was wrong; counted again", d.name);
+                    idx.count_data_blocks(lineage, seq)?
+                }
+            };
             let seconds = started.elapsed().as_secs_f64();
             log::info!(
                 "disk {}: {} in {seconds:.2} s, {} blocks read, {} stored, {} deduplicated",
