@@ -721,6 +721,34 @@ for t in cbtfs ceiling restic borg qcow2; do
 done
 note "- Read-ahead of each FUSE mount (KiB, /sys/class/bdi): $ra_desc. cbtfs raises its own; the ceiling is given the same; the others keep the kernel default."
 
+# ------------------------------------------------------------------------ restore
+# Restoring the newest point to a raw file, as after losing the machine:
+# `cbtfs export`, `restic restore`, `borg extract --sparse` and
+# `qemu-img convert -O raw` of the chain's top, each timed from a dropped
+# page cache to a following sync and compared with the source.
+section "Restore: the newest point to a raw file"
+RESTORE=$W/restore
+restore_one() {
+    local col=$1 file=$2
+    shift 2
+    rm -rf "$RESTORE"
+    mkdir -p "$RESTORE"
+    timed "restore-$col" "$@"
+    if cmp -s "$file" "$NEWEST"; then
+        val restore_s "$col" "$T_SECS"
+        val restore_alloc_mib "$col" "$(kib_to_mib "$(du -k "$file" | cut -f1)")"
+    else
+        warn "$col: the restored image differs from the source"
+        note "- $col: the image restored to a file differs from the source."
+    fi
+}
+restore_one cbtfs "$RESTORE/disk.img" "$CBTFS" export "$R_CBTFS" "$MACHINE" latest "$DISK" "$RESTORE/disk.img"
+restore_one restic "$RESTORE/disk.img" restic -r "$R_RESTIC" restore latest --target "$RESTORE"
+restore_one borg "$RESTORE/disk.img" env -C "$RESTORE" borg extract --sparse "$R_BORG::p3"
+restore_one qcow2 "$RESTORE/disk.img" qemu-img convert -O raw "$R_QCOW/c3.qcow2" "$RESTORE/disk.img"
+rm -rf "$RESTORE"
+note "- Restore: \`cbtfs export\` (a sparse raw file), \`restic restore\`, \`borg extract --sparse\`, \`qemu-img convert -O raw\` of the chain's top; each from a dropped page cache to a following sync, and compared with the source."
+
 # ------------------------------------------------------------------------ chain depth
 section "Chain depth: 1, $DEPTH_A and $DEPTH_B points on a $(human_bytes "$DEPTH_SIZE") disk"
 D=$W/depth
@@ -889,6 +917,10 @@ EOF
     rm -f "$SPD/copy.img"
 fi
 srv_stop
+# And with export, which finds the data in the index as the mount does.
+timed sparse-export "$CBTFS" export "$SREPO" sparse latest "$DISK" "$SPD/export.img"
+val sparse_export_s cbtfs "$T_SECS"
+rm -f "$SPD/export.img"
 
 # ------------------------------------------------------------------------ report
 section "Results"

@@ -31,5 +31,6 @@ pub mod retention;
 pub mod span;
 pub mod stats;
 pub mod verify;
+pub mod zeros;
 
 pub use error::{Error, Result};

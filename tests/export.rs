@@ -1,5 +1,5 @@
 //! `cbtfs export`: a point's disk as a sparse raw file or a qcow2 image,
-//! byte-exact; bad input refused, leaving no file behind.
+//! byte-exact; bad input and a full target refused, leaving no file behind.
 
 mod common;
 
@@ -76,4 +76,33 @@ fn export_bad_input_leaves_nothing() {
     assert_eq!(fs::read(&existing).unwrap(), b"keep me");
     let o = cbtfs(&["export", &r, "vm1", "latest", "sda", &out, "--format", "vmdk"]);
     assert_eq!(o.code, Some(2), "{}", o.describe());
+}
+
+/// A target file system that fills up mid-export: the writer's error is
+/// reported (exit 1, "cannot write"), and neither the output nor its
+/// temporary file is left behind.
+#[test]
+fn export_to_a_full_file_system_fails_cleanly() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let disk = s.path("sda.raw");
+    set_size(&disk, 64 << 20);
+    write_at(&disk, 5 << 20, &Rng::new(5).bytes(12 << 20));
+    Ingest::new(&repo, "vm1").disk("sda", &disk).run().ok();
+    let small = s.mnt("small");
+    sh("mount", &["-t", "tmpfs", "-o", "size=4m", "tmpfs", &p(&small)]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let out = small.join("sda.img");
+    let o = cbtfs(&["export", &p(&repo), "vm1", "latest", "sda", &p(&out)]);
+    assert_eq!(o.code, Some(1), "{}", o.describe());
+    assert!(o.stderr.contains("cannot write") && o.stderr.contains("No space left"), "{}", o.describe());
+    let left: Vec<_> = fs::read_dir(&small).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -99,4 +99,19 @@ fn sparse_64g_disk() {
     assert_zero_at(&img2, new_off + MIB, 4096);
     // Point 1 still has the old bytes where point 2 changed.
     assert_bytes_at(&img1, patch_off, &r[rel..rel + patch_data.len()]);
+    drop(fuse);
+
+    // Exported, the 64 GiB disk is its few MiB of data and holes: export
+    // reads only the data extents the index has, not 64 GiB of zeros.
+    let out = s.path("exported.raw");
+    let v = cbtfs(&["export", &p(&repo), "vm", "latest", "sda", &p(&out), "--json"]).ok().stdout_json();
+    assert_eq!(fs::metadata(&out).unwrap().len(), size);
+    assert!(disk_usage(&out) < 16 * MIB, "the export uses {} bytes", disk_usage(&out));
+    let data: u64 = data_extents(&out).iter().map(|(a, b)| b - a).sum();
+    assert_eq!(v["data_bytes"].as_u64(), Some(data), "{v}");
+    // Equal to the source: compared over the data of both, which read as
+    // zeros everywhere else.
+    for (a, b) in data_extents(&out).into_iter().chain(data_extents(&src)) {
+        assert_eq!(read_at(&out, a, (b - a) as usize).unwrap(), read_at(&src, a, (b - a) as usize).unwrap(), "bytes {a}..{b}");
+    }
 }

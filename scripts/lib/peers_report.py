@@ -43,6 +43,9 @@ ROWS = [
     ("read_tmpfs", "Non-FUSE reference: dd from a tmpfs file", "MB/s"),
     ("randread_iops", "Random 4 KiB reads, fio 10 s, fresh mount", "IOPS"),
     ("mount_rss", "Mount, peak RSS", "MiB"),
+    ("§", "Restoring the newest point to a raw file", None),
+    ("restore_s", "Restore time (cbtfs export, restic restore, borg extract --sparse, qemu-img convert -O raw)", "s"),
+    ("restore_alloc_mib", "Restored file, allocated", "MiB"),
     ("§", "Chain depth (256 MiB disk, tiny incrementals by map)", None),
     ("depth_ingest_median_ms", "Tiny incremental ingest, median", "ms"),
     ("depth_ingest_p95_ms", "Tiny incremental ingest, p95", "ms"),
@@ -63,6 +66,7 @@ ROWS = [
     ("sparse_nochange_map_s", "No-change incremental, empty map", "s"),
     ("sparse_nochange_scan_s", "No-change incremental, no map (scan)", "s"),
     ("sparse_cp_s", "Copy of the point out of the mount with `cp` (cold)", "s"),
+    ("sparse_export_s", "Export of the point to a raw file", "s"),
 ]
 
 

@@ -20,6 +20,7 @@ use crate::pack::writer::SealedPack;
 use crate::pack::{FrameLoc, PackWriter, frame};
 use crate::ranges::RangeSet;
 use crate::span::block_count;
+use crate::zeros::is_zero;
 
 use super::source::{AlignedBuf, SourceReader};
 use super::{DiskPlan, Kind, Progress};
@@ -73,13 +74,6 @@ impl Drop for BlockStore<'_> {
             let _ = h.join();
         }
     }
-}
-
-/// All-zero test in 16-byte words; blocks are never stored when zero.
-fn is_zero(b: &[u8]) -> bool {
-    let words = b.chunks_exact(16);
-    let tail = words.remainder();
-    tail.iter().all(|&x| x == 0) && words.into_iter().all(|w| u128::from_ne_bytes(w.try_into().unwrap()) == 0)
 }
 
 impl<'a> BlockStore<'a> {
@@ -490,19 +484,5 @@ mod tests {
         let order: Vec<(u64, u64)> = interleaved_batches(RangeSet::single(0..3), 1).collect();
         assert_eq!(order, [(0, 1), (1, 1), (2, 1)]);
         assert_eq!(interleaved_batches(RangeSet::new(), 8).count(), 0);
-    }
-
-    #[test]
-    fn zero_detection() {
-        assert!(is_zero(&[0u8; 65536]));
-        for at in [0usize, 1, 15, 16, 4095, 65535] {
-            let mut b = vec![0u8; 65536];
-            b[at] = 1;
-            assert!(!is_zero(&b), "byte {at}");
-        }
-        let mut odd = vec![0u8; 21];
-        assert!(is_zero(&odd));
-        odd[20] = 3;
-        assert!(!is_zero(&odd));
     }
 }
