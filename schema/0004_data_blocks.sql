@@ -4,8 +4,9 @@
 -- Copy tools (cp, rsync, tar) look for holes only in files whose allocated
 -- size is below their length.
 --
--- NULL: recorded before version 4. Counting it here would read every
--- version of every point once; the next incremental of the disk counts its
--- previous point instead, and until then the mount reports such an image
--- as fully allocated, as before.
+-- NULL: recorded before version 4. Counting here would read every version
+-- once per point. Instead the next incremental of a disk counts its
+-- previous point (the newest from before version 4) and records that count
+-- too; older points stay NULL, and the mount reports them fully allocated,
+-- as before.
 ALTER TABLE point_disks ADD COLUMN data_blocks INTEGER CHECK (data_blocks >= 0);

@@ -732,8 +732,8 @@ section "Restore: the newest point to a raw file, $RESTORE_ROUNDS rounds, the to
 RESTORE=$W/restore
 declare -A RESTORE_T=()
 restore_one() {
-    local col=$1 file=$2
-    shift 2
+    local r=$1 col=$2 file=$3
+    shift 3
     rm -rf "$RESTORE"
     mkdir -p "$RESTORE"
     timed "restore-$col-r$r" "$@"
@@ -748,10 +748,10 @@ restore_one() {
     fi
 }
 for ((r = 1; r <= RESTORE_ROUNDS; r++)); do
-    restore_one cbtfs "$RESTORE/disk.img" "$CBTFS" export "$R_CBTFS" "$MACHINE" latest "$DISK" "$RESTORE/disk.img"
-    restore_one restic "$RESTORE/disk.img" restic -r "$R_RESTIC" restore latest --target "$RESTORE"
-    restore_one borg "$RESTORE/disk.img" env -C "$RESTORE" borg extract --sparse "$R_BORG::p3"
-    restore_one qcow2 "$RESTORE/disk.img" qemu-img convert -O raw "$R_QCOW/c3.qcow2" "$RESTORE/disk.img"
+    restore_one "$r" cbtfs "$RESTORE/disk.img" "$CBTFS" export "$R_CBTFS" "$MACHINE" latest "$DISK" "$RESTORE/disk.img"
+    restore_one "$r" restic "$RESTORE/disk.img" restic -r "$R_RESTIC" restore latest --target "$RESTORE"
+    restore_one "$r" borg "$RESTORE/disk.img" env -C "$RESTORE" borg extract --sparse "$R_BORG::p3"
+    restore_one "$r" qcow2 "$RESTORE/disk.img" qemu-img convert -O raw "$R_QCOW/c3.qcow2" "$RESTORE/disk.img"
 done
 rm -rf "$RESTORE"
 restore_desc=

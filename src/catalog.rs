@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::Result;
-use crate::ids::{MachineId, PointDiskId, PointId};
+use crate::ids::{BlockNo, MachineId, PointDiskId, PointId};
 use crate::image::{ImageReader, Store};
-use crate::index::PointDiskRow;
+use crate::index::{Index, PointDiskRow};
 use crate::partition::Partition;
 
 /// Name of the symlink to a machine's newest point.
@@ -197,17 +197,15 @@ impl Catalog {
                     mtime: p.created,
                 }),
                 Node::Image(d) => match idx.point_disk(d)? {
-                    Some(disk) => idx.point(disk.point)?.map(|p| NodeAttr {
-                        kind: NodeKind::File,
-                        size: disk.size,
-                        // Unknown for disks recorded before the count was
-                        // kept: then fully allocated, which is never wrong
-                        // for a copy, only slower.
-                        allocated: disk
-                            .data_blocks
-                            .map_or(disk.size, |n| n.saturating_mul(u64::from(self.store.block_size)).min(disk.size)),
-                        mtime: p.created,
-                    }),
+                    Some(disk) => match idx.point(disk.point)? {
+                        Some(p) => Some(NodeAttr {
+                            kind: NodeKind::File,
+                            size: disk.size,
+                            allocated: allocated(idx, &disk, p.seq, self.store.block_size)?,
+                            mtime: p.created,
+                        }),
+                        None => None,
+                    },
                     None => None,
                 },
                 Node::Partition(..) => unreachable!("handled above"),
@@ -244,4 +242,21 @@ impl Catalog {
         })?;
         Ok(row.map(|(disk, seq)| ImageReader::new(self.store.clone(), disk.lineage, seq, disk.size)))
     }
+}
+
+/// Bytes of a disk that hold data, as st_blocks reports them: its blocks
+/// with data, whole. Unknown for disks recorded before the count was kept:
+/// then fully allocated, which is never wrong for a copy, only slower. A
+/// count of none is checked first, since some tools (GNU tar) skip a file
+/// allocated as empty without reading it.
+fn allocated(idx: &Index, disk: &PointDiskRow, seq: i64, block_size: u32) -> Result<u64> {
+    let bs = u64::from(block_size);
+    Ok(match disk.data_blocks {
+        None => disk.size,
+        Some(0) => {
+            let end = BlockNo(disk.size.div_ceil(bs));
+            if idx.next_data_block(disk.lineage, seq, BlockNo(0), end)?.is_some() { disk.size } else { 0 }
+        }
+        Some(n) => n.saturating_mul(bs).min(disk.size),
+    })
 }

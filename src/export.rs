@@ -54,7 +54,8 @@ impl Drop for Cleanup {
 /// How far an export is, for progress display.
 #[derive(Debug, Clone, Copy)]
 pub enum Step {
-    /// `done` of `total` bytes of the image written (as raw).
+    /// The image read up to `done` of `total` bytes (and queued for
+    /// writing, a few chunks ahead of the writes; holes are skipped).
     Copied { done: u64, total: u64 },
     /// The raw file is being converted to qcow2 (by qemu-img).
     Converting,
@@ -150,14 +151,23 @@ pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl 
 }
 
 /// Writes the runs of `data` (which starts at `offset`) that are not all
-/// zeros, in [`HOLE_GRAIN`] pieces; zero stretches stay holes. Returns the
-/// bytes written.
+/// zeros; zero stretches stay holes. Pieces are tested on the file's
+/// [`HOLE_GRAIN`] grid, whatever `offset` is (a partition may start off
+/// it), so that a hole covers whole file system blocks. Returns the bytes
+/// written.
 fn write_nonzero(file: &File, offset: u64, data: &[u8]) -> std::io::Result<u64> {
+    let grain = HOLE_GRAIN as u64;
     let mut written = 0;
     let mut run: Option<usize> = None;
-    let pieces = data.chunks(HOLE_GRAIN).map(|c| !is_zero(c)).chain([false]);
-    for (i, nonzero) in pieces.enumerate() {
-        let at = (i * HOLE_GRAIN).min(data.len());
+    let mut at = 0;
+    while at <= data.len() {
+        let end = if at == data.len() {
+            at
+        } else {
+            ((offset + at as u64) / grain * grain + grain - offset).min(data.len() as u64) as usize
+        };
+        // Past the end, a zero piece closes the last run.
+        let nonzero = at < end && !is_zero(&data[at..end]);
         match (nonzero, run) {
             (true, None) => run = Some(at),
             (false, Some(from)) => {
@@ -167,6 +177,10 @@ fn write_nonzero(file: &File, offset: u64, data: &[u8]) -> std::io::Result<u64> 
             }
             _ => {}
         }
+        if at == data.len() {
+            break;
+        }
+        at = end;
     }
     Ok(written)
 }
@@ -180,4 +194,31 @@ fn publish(tmp: &Path, out: &Path) -> Result<()> {
         File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Data starting off the grid (a partition at sector 1): the zero
+    /// pieces between the data are whole grains of the file, left as holes.
+    #[test]
+    fn zero_pieces_follow_the_files_grid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.raw");
+        let file = File::create(&path).unwrap();
+        let offset = 512u64;
+        let mut data = vec![0u8; 12800 - 512];
+        data[600 - 512] = 1; // in the file's first grain
+        data[12300 - 512] = 2; // in its last, partial one
+        let written = write_nonzero(&file, offset, &data).unwrap();
+        // The first grain from 512 and the last from 12288: two grains'
+        // worth, rather than two of the data's own 4 KiB pieces.
+        assert_eq!(written, (4096 - 512) + (12800 - 12288));
+        let back = std::fs::read(&path).unwrap();
+        assert_eq!(&back[512..], &data[..]);
+        use nix::unistd::{Whence, lseek};
+        assert_eq!(lseek(&file, 4096, Whence::SeekHole).unwrap(), 4096, "the grains between stay holes");
+        assert_eq!(lseek(&file, 4096, Whence::SeekData).unwrap(), 12288);
+    }
 }

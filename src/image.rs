@@ -117,11 +117,24 @@ pub struct ImageReader {
     /// Off for one-off reads (a partition table), which are not the
     /// start of a sequential read and must not set read-ahead going.
     read_ahead: bool,
+    /// The last stretch of data found by SEEK_HOLE, `from..hole` on the
+    /// whole disk: tools that ask again from inside it (qemu asks in
+    /// pieces of a few GiB) get the answer without walking it again.
+    data_run: Mutex<Option<Range<u64>>>,
 }
 
 impl ImageReader {
     pub fn new(store: Arc<Store>, lineage: LineageId, seq: i64, size: u64) -> ImageReader {
-        ImageReader { store, lineage, seq, start: 0, end: size, stream: Stream::default(), read_ahead: true }
+        ImageReader {
+            store,
+            lineage,
+            seq,
+            start: 0,
+            end: size,
+            stream: Stream::default(),
+            read_ahead: true,
+            data_run: Mutex::new(None),
+        }
     }
 
     /// This image without read-ahead, for a few small reads.
@@ -134,7 +147,7 @@ impl ImageReader {
     pub fn window(self, start: u64, len: u64) -> ImageReader {
         let start = self.start.saturating_add(start).min(self.end);
         let end = start.saturating_add(len).min(self.end);
-        ImageReader { start, end, ..self }
+        ImageReader { start, end, data_run: Mutex::new(None), ..self }
     }
 
     pub fn size(&self) -> u64 {
@@ -208,9 +221,9 @@ impl ImageReader {
     }
 
     /// Where the data at or after `offset` starts (SEEK_DATA), or `None`
-    /// when only zeros follow (ENXIO). Holes are whole zero blocks, the
-    /// ones a backup never stored: a copy (`cp`, `qemu-img convert`) that
-    /// skips them costs the point's data, not its disk size.
+    /// when only zeros follow (ENXIO). Holes are whole zero blocks: never
+    /// stored, or zeroed by a later point. A copy (`cp`, `qemu-img
+    /// convert`) that skips them costs the point's data, not its disk size.
     pub fn seek_data(&self, offset: u64) -> Result<Option<u64>> {
         if offset >= self.size() {
             return Ok(None);
@@ -228,9 +241,15 @@ impl ImageReader {
             return Ok(None);
         }
         let (abs, first, end) = self.block_span(offset);
+        if let Some(run) = self.data_run.lock().unwrap().clone()
+            && run.contains(&abs)
+        {
+            return Ok(Some(run.end - self.start));
+        }
         let bs = u64::from(self.store.block_size);
         let found = self.store.chain.with_index(|idx| Ok(idx.next_zero_block(self.lineage, self.seq, first, end)?))?;
         let at = found.map_or(self.end, |b| (b.0 * bs).max(abs).min(self.end));
+        *self.data_run.lock().unwrap() = Some(abs..at);
         Ok(Some(at - self.start))
     }
 

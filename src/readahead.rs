@@ -99,7 +99,9 @@ impl Stream {
     /// of it lacks at least one job's worth.
     ///
     /// The range is claimed with a compare-and-swap, so FUSE threads
-    /// serving neighbouring reads at once never both ask for it. A window
+    /// serving neighbouring reads at once never both ask for it. (After a
+    /// start-over, an earlier stretch that resumes may ask again for what
+    /// it had asked: only a hint repeated.) A window
     /// left far ahead by an earlier stretch of reads (a file system on the
     /// image reads in many places) does not hold back a new stretch
     /// behind it: read-ahead starts over from the new one.

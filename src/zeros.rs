@@ -2,7 +2,7 @@
 //! export (zero stretches stay holes in the file written).
 
 /// Whether `b` is all zeros, tested in 16-byte words: a byte at a time
-/// was a tenth of an export's CPU time.
+/// was 14 % of an export's CPU time.
 pub fn is_zero(b: &[u8]) -> bool {
     let words = b.chunks_exact(16);
     let tail = words.remainder();

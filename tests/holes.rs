@@ -121,6 +121,13 @@ fn seeks_and_allocated_size_follow_the_points_data() {
     assert_eq!(seek(&img, SIZE as i64 - 1, Whence::SeekHole), Ok(SIZE));
     assert_eq!(seek(&img, SIZE as i64, Whence::SeekData), Err(Errno::ENXIO));
     assert_eq!(seek(&img, SIZE as i64, Whence::SeekHole), Err(Errno::ENXIO));
+    // On one open file, as tools ask again from inside a stretch of data:
+    // each answer is that stretch's own end.
+    let f = File::open(&img).unwrap();
+    for (from, hole) in [(10 * BS + 5, 13 * BS), (last * BS + 1, SIZE), (10 * BS + 7, 13 * BS), (12 * BS, 13 * BS), (100, BS)] {
+        assert_eq!(lseek(&f, from as i64, Whence::SeekHole), Ok(hole as i64), "SEEK_HOLE from {from}");
+    }
+    drop(f);
     drop(fuse);
 
     // A disk with no data left: no data to seek to, nothing allocated.
@@ -171,8 +178,8 @@ fn points_without_a_count_are_counted_by_the_next_incremental() {
     drop(fuse);
 
     // A count that is wrong (too small for what the next point zeroes) is
-    // counted again; the backup does not fail over it.
-    sh("python3", &["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('UPDATE point_disks SET data_blocks = 0'); c.commit()", &p(&repo.join("index.sqlite"))]);
+    // counted again, and corrected; the backup does not fail over it.
+    sh("python3", &["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('UPDATE point_disks SET data_blocks = 0 WHERE point_id = (SELECT max(id) FROM points)'); c.commit()", &p(&repo.join("index.sqlite"))]);
     write_at(&src, 3 * BS, &vec![0u8; BS as usize]);
     write_map(&map, &[(3 * BS, BS)]);
     Ingest::new(&repo, "vm").disk("sda", &src).changes("sda", &map).since("c2").checkpoint("c3").run().ok();
@@ -180,4 +187,22 @@ fn points_without_a_count_are_counted_by_the_next_incremental() {
     let img = fuse.image("vm", &point_names(&repo, "vm")[2], "sda");
     assert_eq!(allocated(&img), 2 * BS);
     assert_eq!(data_extents(&img), runs(&[4, 9]));
+    drop(fuse);
+    // Every count recorded now is what the versions hold.
+    verify_ok(&repo);
+
+    // A wrong count is index damage to verify; a count of none for a disk
+    // with data is not believed by the mount (GNU tar skips a file
+    // allocated as empty).
+    let sql = |q: &str| sh("python3", &["-c", &format!("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute({q:?}); c.commit()"), &p(&repo.join("index.sqlite"))]);
+    sql("UPDATE point_disks SET data_blocks = 0 WHERE point_id = (SELECT max(id) FROM points)");
+    let out = cbtfs(&["verify", &p(&repo)]).code_is(3);
+    let names = point_names(&repo, "vm");
+    assert!(
+        out.stderr.contains(&format!("vm/{}/sda: the index records 0 blocks with data, its versions hold 2", names[2])),
+        "{}",
+        out.describe()
+    );
+    let fuse = FuseMount::start(&repo, &s.mnt("fuse4"));
+    assert_eq!(allocated(&fuse.image("vm", &names[2], "sda")), SIZE.next_multiple_of(512), "a count of none for a disk with data");
 }

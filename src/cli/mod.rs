@@ -126,9 +126,10 @@ assembled from the chain); MACHINE/POINT/DISK-partN.img for each partition N of
 a disk with an MBR or GPT partition table, numbered as Linux numbers them
 (logical partitions from 5); MACHINE/latest, a symlink to the newest point.
 Points ingested while the mount runs appear without remounting.
-Images report the bytes that hold data as their allocated size and answer
-SEEK_DATA and SEEK_HOLE, so `cp` and `qemu-img convert` copy a point as a
-sparse file and read only its data.
+Disk images report the bytes that hold data as their allocated size and
+answer SEEK_DATA and SEEK_HOLE, so `cp` and `qemu-img convert` copy a point
+as a sparse file and read only its data. Partition files answer the seeks
+but report themselves fully allocated, so `cp` reads them whole.
 
 Restore files with `mount -o loop,ro` on an image or partition (add `noload`
 for ext3/ext4 and `norecovery` for XFS taken from a running machine); boot a VM

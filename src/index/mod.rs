@@ -86,6 +86,17 @@ pub struct PointDiskRow {
     pub data_blocks: Option<u64>,
 }
 
+/// A disk whose recorded count of blocks with data is not what its
+/// versions hold.
+#[derive(Debug)]
+pub struct CountMismatch {
+    pub machine: String,
+    pub point: PointRow,
+    pub disk: String,
+    pub recorded: u64,
+    pub counted: u64,
+}
+
 /// A stored block, for verify.
 #[derive(Debug, Clone)]
 pub struct BlockRow {
@@ -553,6 +564,81 @@ impl Index {
                  WHERE block_id IS NOT NULL",
             )?
             .query_row(params![lineage, seq], |r| r.get(0))?)
+    }
+
+    /// Disks whose recorded count of blocks with data (`data_blocks`)
+    /// differs from what their versions hold. For verify: one pass over all versions in key
+    /// order, whatever the number of points. Each version with data counts
+    /// for the points from its own up to the block's next version, added
+    /// up over the points of its lineage in sequence order.
+    pub fn data_block_mismatches(&self) -> Result<Vec<CountMismatch>> {
+        use std::collections::HashMap;
+        // Per lineage: its disks' point sequence numbers, in order, with
+        // the disk rows; and a difference array over them.
+        struct Lineage {
+            seqs: Vec<i64>,
+            disks: Vec<(PointDiskId, PointId, u64)>,
+            diff: Vec<i64>,
+        }
+        let mut lineages: HashMap<LineageId, Lineage> = HashMap::new();
+        {
+            let mut st = self.conn.prepare(
+                "SELECT d.lineage_id, p.seq, d.id, d.point_id, d.data_blocks FROM point_disks d
+                 JOIN points p ON p.id = d.point_id WHERE d.data_blocks IS NOT NULL ORDER BY d.lineage_id, p.seq",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, LineageId>(0)?, r.get::<_, i64>(1)?, r.get(2)?, r.get(3)?, r.get::<_, i64>(4)? as u64))
+            })?;
+            for row in rows {
+                let (lineage, seq, disk, point, recorded) = row?;
+                let l = lineages.entry(lineage).or_insert_with(|| Lineage { seqs: Vec::new(), disks: Vec::new(), diff: Vec::new() });
+                l.seqs.push(seq);
+                l.disks.push((disk, point, recorded));
+            }
+        }
+        for l in lineages.values_mut() {
+            l.diff = vec![0; l.seqs.len() + 1];
+        }
+        let mut st = self.conn.prepare(
+            "SELECT lineage_id, block_no, seq, block_id IS NOT NULL FROM block_versions ORDER BY lineage_id, block_no, seq",
+        )?;
+        let mut rows = st.query([])?;
+        // The version before the current row, of the same block: (lineage,
+        // block, seq, holds data).
+        let mut prev: Option<(LineageId, i64, i64, bool)> = None;
+        let close = |lineages: &mut HashMap<LineageId, Lineage>, (lineage, _, from, data): (LineageId, i64, i64, bool), until: Option<i64>| {
+            if let (true, Some(l)) = (data, lineages.get_mut(&lineage)) {
+                let lo = l.seqs.partition_point(|&s| s < from);
+                let hi = until.map_or(l.seqs.len(), |u| l.seqs.partition_point(|&s| s < u));
+                l.diff[lo] += 1;
+                l.diff[hi] -= 1;
+            }
+        };
+        while let Some(r) = rows.next()? {
+            let cur: (LineageId, i64, i64, bool) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            if let Some(p) = prev {
+                let same_block = p.0 == cur.0 && p.1 == cur.1;
+                close(&mut lineages, p, same_block.then_some(cur.2));
+            }
+            prev = Some(cur);
+        }
+        if let Some(p) = prev {
+            close(&mut lineages, p, None);
+        }
+        let mut out = Vec::new();
+        for l in lineages.values() {
+            let mut counted = 0i64;
+            for (i, &(disk, point, recorded)) in l.disks.iter().enumerate() {
+                counted += l.diff[i];
+                if counted as u64 != recorded {
+                    let Some(d) = self.point_disk(disk)? else { continue };
+                    let Some(p) = self.point(point)? else { continue };
+                    let machine = self.machine_name(p.machine)?.unwrap_or_default();
+                    out.push(CountMismatch { machine, point: p, disk: d.name, recorded, counted: counted as u64 });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Where the bytes of `block` of `lineage` at point `seq` live; `None`

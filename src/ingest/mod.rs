@@ -376,10 +376,13 @@ impl Plan {
             let data_blocks = match data_before.checked_add_signed(stats.data_blocks_delta) {
                 Some(n) => n,
                 // Only a wrong count recorded before can get here. It is a
-                // figure for st_blocks, not data: count again rather than
-                // fail a backup.
+                // figure for st_blocks, not data: count again (and correct
+                // the previous point's) rather than fail a backup.
                 None => {
                     log::warn!("disk {}: the recorded count of blocks with data was wrong; counted again", d.name);
+                    if let Some(p) = &d.prev {
+                        idx.set_data_blocks(p.id, idx.count_data_blocks(lineage, p.seq)?)?;
+                    }
                     idx.count_data_blocks(lineage, seq)?
                 }
             };
