@@ -546,3 +546,40 @@ fn instant_boot_overlay_on_a_mounted_point() {
     m.unmount().ok();
     verify_ok(&repo);
 }
+
+/// The private qemu-nbd reads images with direct I/O where their file
+/// system allows it, and through the page cache where it does not (ramfs):
+/// both ingest the same bytes.
+#[test]
+fn qcow2_sources_on_file_systems_without_direct_io() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let raw = s.path("disk.raw");
+    set_size(&raw, 32 << 20);
+    write_at(&raw, 3 << 20, &Rng::new(77).bytes(5 << 20));
+    let on_disk = s.path("disk.qcow2");
+    sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&on_disk)]);
+    let small = s.mnt("ramfs");
+    sh("mount", &["-t", "ramfs", "ramfs", &p(&small)]);
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let in_memory = small.join("disk.qcow2");
+    fs::copy(&on_disk, &in_memory).unwrap();
+
+    let fallback = "trying through the page cache";
+    let out = Ingest::new(&repo, "disk").disk("sda", &on_disk).arg("-vv").run().ok();
+    assert!(!out.stderr.contains(fallback), "ext4 allows direct I/O:\n{}", out.describe());
+    let out = Ingest::new(&repo, "mem").disk("sda", &in_memory).arg("-vv").run().ok();
+    assert!(out.stderr.contains(fallback), "ramfs refuses direct I/O:\n{}", out.describe());
+
+    let fuse = FuseMount::start(&repo, &s.mnt("fuse"));
+    for machine in ["disk", "mem"] {
+        assert_same_file(&fuse.image(machine, &point_names(&repo, machine)[0], "sda"), &raw);
+    }
+}
