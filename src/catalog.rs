@@ -253,9 +253,14 @@ fn allocated(idx: &Index, disk: &PointDiskRow, seq: i64, block_size: u32) -> Res
     let bs = u64::from(block_size);
     Ok(match disk.data_blocks {
         None => disk.size,
+        // Checked over a bounded number of blocks, since this runs on
+        // every lookup: past it, fully allocated.
         Some(0) => {
             let end = BlockNo(disk.size.div_ceil(bs));
-            if idx.next_data_block(disk.lineage, seq, BlockNo(0), end)?.is_some() { disk.size } else { 0 }
+            match idx.next_data_block_within(disk.lineage, seq, BlockNo(0), end, 1 << 16)? {
+                Some(None) => 0,
+                _ => disk.size,
+            }
         }
         Some(n) => n.saturating_mul(bs).min(disk.size),
     })

@@ -66,7 +66,7 @@ pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyR
     // tools skip a file allocated as empty: a wrong one is index damage.
     for m in idx.data_block_mismatches()? {
         index_problems.push(format!(
-            "{}/{}/{}: the index records {} blocks with data, its versions hold {}",
+            "{}/{}/{}: the index records {} blocks with data, its versions hold {} (only the allocated size the mount reports is wrong)",
             m.machine,
             m.point.name(),
             m.disk,

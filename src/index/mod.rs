@@ -523,14 +523,32 @@ impl Index {
     /// in block order and stops at the first with data, so it costs the
     /// zero versions passed, never the size of the holes between rows.
     pub fn next_data_block(&self, lineage: LineageId, seq: i64, from: BlockNo, end: BlockNo) -> Result<Option<BlockNo>> {
+        Ok(self.next_data_block_within(lineage, seq, from, end, usize::MAX)?.unwrap_or(None))
+    }
+
+    /// [`Index::next_data_block`], giving up (`None`) after `max_blocks`
+    /// blocks with versions.
+    pub fn next_data_block_within(
+        &self,
+        lineage: LineageId,
+        seq: i64,
+        from: BlockNo,
+        end: BlockNo,
+        max_blocks: usize,
+    ) -> Result<Option<Option<BlockNo>>> {
         let mut st = self.conn.prepare_cached(LATEST_IN_RANGE)?;
         let mut rows = st.query(params![lineage, from, end, seq])?;
+        let mut seen = 0;
         while let Some(r) = rows.next()? {
             if r.get::<_, Option<i64>>(2)?.is_some() {
-                return Ok(Some(r.get(0)?));
+                return Ok(Some(Some(r.get(0)?)));
+            }
+            seen += 1;
+            if seen >= max_blocks {
+                return Ok(None);
             }
         }
-        Ok(None)
+        Ok(Some(None))
     }
 
     /// The first block in `from..end` of `lineage` at point `seq` that is
@@ -567,10 +585,11 @@ impl Index {
     }
 
     /// Disks whose recorded count of blocks with data (`data_blocks`)
-    /// differs from what their versions hold. For verify: one pass over all versions in key
-    /// order, whatever the number of points. Each version with data counts
-    /// for the points from its own up to the block's next version, added
-    /// up over the points of its lineage in sequence order.
+    /// differs from what their versions hold, by machine, point and disk.
+    /// For verify: one pass over all versions in key order, whatever the
+    /// number of points. Each version with data counts for the points from
+    /// its own up to the block's next version, added up over the points of
+    /// its lineage in sequence order.
     pub fn data_block_mismatches(&self) -> Result<Vec<CountMismatch>> {
         use std::collections::HashMap;
         // Per lineage: its disks' point sequence numbers, in order, with
@@ -638,6 +657,7 @@ impl Index {
                 }
             }
         }
+        out.sort_by(|a, b| (&a.machine, a.point.seq, &a.disk).cmp(&(&b.machine, b.point.seq, &b.disk)));
         Ok(out)
     }
 

@@ -95,8 +95,9 @@ impl QemuNbd {
     /// in turn.
     pub fn start(image: &Path, bitmap: Option<&str>) -> Result<QemuNbd, String> {
         Self::start_with(image, bitmap, true).or_else(|e| {
-            // tmpfs and some network file systems refuse O_DIRECT; any
-            // other error comes back the same way below.
+            // Some file systems refuse O_DIRECT (ramfs, some network and
+            // FUSE file systems); any other error comes back the same way
+            // below.
             log::debug!("qemu-nbd with direct I/O: {e}; trying through the page cache");
             Self::start_with(image, bitmap, false)
         })
