@@ -127,9 +127,10 @@ impl QemuNbd {
         };
         let mut server = QemuNbd { child, dir, socket };
         let started = Instant::now();
-        // The socket file appears before qemu-nbd listens: wait until a
-        // connection is accepted.
-        while std::os::unix::net::UnixStream::connect(&server.socket).is_err() {
+        // The socket may listen before qemu-nbd has opened the image (and
+        // it may then fail to): wait until a connection gets the server's
+        // greeting, which it sends only once it serves.
+        while !greets(&server.socket) {
             if let Ok(Some(status)) = server.child.try_wait() {
                 let mut err = String::new();
                 if let Some(mut e) = server.child.stderr.take() {
@@ -156,6 +157,16 @@ impl Drop for QemuNbd {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether an NBD server on `socket` accepts a connection and greets it
+/// ("NBDMAGIC") within a moment.
+fn greets(socket: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut conn) = std::os::unix::net::UnixStream::connect(socket) else { return false };
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut magic = [0u8; 8];
+    conn.read_exact(&mut magic).is_ok() && &magic == b"NBDMAGIC"
 }
 
 /// A new directory only this user can enter, under the temporary directory.
