@@ -158,29 +158,27 @@ pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl 
 fn write_nonzero(file: &File, offset: u64, data: &[u8]) -> std::io::Result<u64> {
     let grain = HOLE_GRAIN as u64;
     let mut written = 0;
+    let mut write = |from: usize, to: usize| -> std::io::Result<()> {
+        file.write_all_at(&data[from..to], offset + from as u64)?;
+        written += (to - from) as u64;
+        Ok(())
+    };
     let mut run: Option<usize> = None;
     let mut at = 0;
-    while at <= data.len() {
-        let end = if at == data.len() {
-            at
-        } else {
-            ((offset + at as u64) / grain * grain + grain - offset).min(data.len() as u64) as usize
-        };
-        // Past the end, a zero piece closes the last run.
-        let nonzero = at < end && !is_zero(&data[at..end]);
-        match (nonzero, run) {
-            (true, None) => run = Some(at),
-            (false, Some(from)) => {
-                file.write_all_at(&data[from..at], offset + from as u64)?;
-                written += (at - from) as u64;
+    while at < data.len() {
+        let end = (((offset + at as u64) / grain + 1) * grain - offset).min(data.len() as u64) as usize;
+        match (is_zero(&data[at..end]), run) {
+            (false, None) => run = Some(at),
+            (true, Some(from)) => {
+                write(from, at)?;
                 run = None;
             }
             _ => {}
         }
-        if at == data.len() {
-            break;
-        }
         at = end;
+    }
+    if let Some(from) = run {
+        write(from, data.len())?;
     }
     Ok(written)
 }

@@ -90,19 +90,11 @@ fn export_to_a_full_file_system_fails_cleanly() {
     set_size(&disk, 64 << 20);
     write_at(&disk, 5 << 20, &Rng::new(5).bytes(12 << 20));
     Ingest::new(&repo, "vm1").disk("sda", &disk).run().ok();
-    let small = s.mnt("small");
-    sh("mount", &["-t", "tmpfs", "-o", "size=4m", "tmpfs", &p(&small)]);
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
-    let out = small.join("sda.img");
+    let small = LoopMount::of_type("tmpfs", "size=4m", &s.mnt("small"));
+    let out = small.mp.join("sda.img");
     let o = cbtfs(&["export", &p(&repo), "vm1", "latest", "sda", &p(&out)]);
     assert_eq!(o.code, Some(1), "{}", o.describe());
     assert!(o.stderr.contains("cannot write") && o.stderr.contains("No space left"), "{}", o.describe());
-    let left: Vec<_> = fs::read_dir(&small).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = fs::read_dir(&small.mp).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }

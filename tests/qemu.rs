@@ -560,16 +560,8 @@ fn qcow2_sources_on_file_systems_without_direct_io() {
     write_at(&raw, 3 << 20, &Rng::new(77).bytes(5 << 20));
     let on_disk = s.path("disk.qcow2");
     sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&on_disk)]);
-    let small = s.mnt("ramfs");
-    sh("mount", &["-t", "ramfs", "ramfs", &p(&small)]);
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
-    let in_memory = small.join("disk.qcow2");
+    let small = LoopMount::of_type("ramfs", "mode=0700", &s.mnt("ramfs"));
+    let in_memory = small.mp.join("disk.qcow2");
     fs::copy(&on_disk, &in_memory).unwrap();
 
     let fallback = "trying through the page cache";

@@ -701,6 +701,15 @@ impl LoopMount {
             mp: fs::canonicalize(mp).unwrap(),
         }
     }
+
+    /// A file system without a device (`mount -t tmpfs -o OPTIONS`, ramfs).
+    pub fn of_type(fstype: &str, opts: &str, mp: &Path) -> LoopMount {
+        fs::create_dir_all(mp).unwrap();
+        sh("mount", &["-t", fstype, "-o", opts, fstype, &p(mp)]);
+        LoopMount {
+            mp: fs::canonicalize(mp).unwrap(),
+        }
+    }
 }
 
 impl Drop for LoopMount {
