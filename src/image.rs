@@ -169,19 +169,22 @@ impl ImageReader {
         Ok(data.len())
     }
 
-    /// Reads up to `len` bytes at `offset` into a new buffer, built by
-    /// appending (no zero-fill of memory about to be overwritten: that was
-    /// a tenth of the mount's CPU time in sequential reads).
+    /// Reads up to `len` bytes at `offset` into a new buffer.
     pub fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.read_into(offset, len, &mut out)?;
+        let n = self.read_into(offset, len, &mut out)?;
+        out.truncate(n);
         Ok(out)
     }
 
-    /// [`ImageReader::read_vec`] into `out` (cleared first), so that a
-    /// caller can reuse one buffer for all its reads.
-    pub fn read_into(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<()> {
-        out.clear();
+    /// [`ImageReader::read_vec`] into the start of `out`; returns the bytes
+    /// read, fewer than `len` only at the end of the image. `out` is grown
+    /// if too short and never shrunk, and its old content is written over,
+    /// not cleared first: a caller reusing one buffer for all its reads (a
+    /// FUSE thread) pays for zeroing it only when it grows, and blocks are
+    /// decompressed straight into it. A damaged block is an error; `out`
+    /// then holds nothing meaningful.
+    pub fn read_into(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize> {
         // From here on, offsets are on the whole disk.
         let offset = self.start.saturating_add(offset).min(self.end);
         let end = offset.saturating_add(len as u64).min(self.end);
@@ -197,10 +200,14 @@ impl ImageReader {
         let blocks: Vec<u64> = ps.iter().map(|p| p.block).collect();
         let locations = self.store.locate(self.lineage, self.seq, &blocks)?;
         let bs = self.store.block_size as usize;
-        out.reserve(total);
+        // Every byte up to `total` is written below.
+        if out.len() < total {
+            out.resize(total, 0);
+        }
         for (p, l) in ps.into_iter().zip(locations) {
+            let dst = &mut out[p.buf_offset..p.buf_offset + p.len];
             match l {
-                None => out.resize(out.len() + p.len, 0),
+                None => dst.fill(0),
                 Some((id, loc, digest)) if p.len == bs && !self.store.cache.contains(&id) => {
                     // A whole block, as sequential reads ask for: decompress
                     // it straight into the reply, and do not cache it (the
@@ -209,15 +216,15 @@ impl ImageReader {
                     if loc.raw_len as usize != bs {
                         return Err(short_frame(p.block, loc.raw_len as usize, bs));
                     }
-                    self.store.packs.read_block_append(&loc, &digest, out)?;
+                    self.store.packs.read_block_into(&loc, &digest, dst)?;
                 }
                 Some(found) => {
                     let data = self.block(p.block, found)?;
-                    out.extend_from_slice(&data[p.in_block..p.in_block + p.len]);
+                    dst.copy_from_slice(&data[p.in_block..p.in_block + p.len]);
                 }
             }
         }
-        Ok(())
+        Ok(total)
     }
 
     /// Where the data at or after `offset` starts (SEEK_DATA), or `None`

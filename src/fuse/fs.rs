@@ -171,7 +171,7 @@ impl Filesystem for CbtFs {
             static REPLY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         REPLY.with_borrow_mut(|buf| match img.read_into(offset, size as usize, buf) {
-            Ok(()) => reply.data(buf),
+            Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(eio(&format!("read at offset {offset}"), e)),
         });
     }

@@ -77,20 +77,24 @@ fn checksum(header: &[u8], payload: &[u8]) -> u64 {
 /// pack file swapped or restored from elsewhere), which the checksum alone
 /// cannot: without it, such a read would return wrong bytes.
 pub fn decode(frame: &[u8], want_raw: u32, want_stored: u32, digest: &Digest) -> Result<Vec<u8>, FrameError> {
-    let mut out = Vec::with_capacity(want_raw as usize);
-    decode_append(frame, want_raw, want_stored, digest, &mut out)?;
+    let mut out = vec![0u8; want_raw as usize];
+    decode_into(frame, want_raw, want_stored, digest, &mut out)?;
     Ok(out)
 }
 
-/// [`decode`], appending the block to `out`, so a read can decompress
-/// straight into its reply. On error `out` is left as it was.
-pub fn decode_append(
+/// [`decode`] into `out`, which must be `want_raw` bytes long: a read
+/// decompresses straight into its reply, over whatever the reply buffer
+/// held before: zeroing it first, only to overwrite every byte, was work
+/// done again for every block. On error `out` holds no block, possibly
+/// part of one.
+pub fn decode_into(
     frame: &[u8],
     want_raw: u32,
     want_stored: u32,
     digest: &Digest,
-    out: &mut Vec<u8>,
+    out: &mut [u8],
 ) -> Result<(), FrameError> {
+    assert_eq!(out.len(), want_raw as usize, "decode_into wants room for exactly the block");
     if frame.len() < FRAME_HEADER_LEN || frame[..4] != FRAME_MAGIC {
         return Err(FrameError::BadMagic);
     }
@@ -114,25 +118,16 @@ pub fn decode_append(
         return Err(FrameError::WrongBlock);
     }
     match codec {
+        // Lengths checked above: the payload is the block.
         CODEC_RAW => {
-            out.extend_from_slice(payload);
+            out.copy_from_slice(payload);
             Ok(())
         }
-        CODEC_LZ4 => {
-            let start = out.len();
-            out.resize(start + raw_len as usize, 0);
-            match lz4_flex::block::decompress_into(payload, &mut out[start..]) {
-                Ok(n) if n == raw_len as usize => Ok(()),
-                Ok(n) => {
-                    out.truncate(start);
-                    Err(FrameError::Decompress(format!("{n} bytes instead of {raw_len}")))
-                }
-                Err(e) => {
-                    out.truncate(start);
-                    Err(FrameError::Decompress(e.to_string()))
-                }
-            }
-        }
+        CODEC_LZ4 => match lz4_flex::block::decompress_into(payload, out) {
+            Ok(n) if n == raw_len as usize => Ok(()),
+            Ok(n) => Err(FrameError::Decompress(format!("{n} bytes instead of {raw_len}"))),
+            Err(e) => Err(FrameError::Decompress(e.to_string())),
+        },
         other => Err(FrameError::BadCodec(other)),
     }
 }
@@ -186,6 +181,25 @@ mod tests {
             }
             let back = decode_and_verify(&f.bytes, f.raw_len, f.stored_len, &d).unwrap();
             assert_eq!(back, raw);
+        }
+    }
+
+    #[test]
+    fn decode_into_writes_over_what_the_buffer_held() {
+        // A reused reply buffer holds the previous read's bytes: every one
+        // must be replaced, whichever codec the frame uses.
+        for c in [true, false] {
+            let raw = sample(c);
+            let d = Digest::of(&raw);
+            let f = encode(&raw, &d);
+            let mut out = vec![0xa5u8; raw.len()];
+            decode_into(&f.bytes, f.raw_len, f.stored_len, &d, &mut out).unwrap();
+            assert_eq!(out, raw, "compressible={c}");
+            // A damaged frame is an error, not a partly written block.
+            let mut bad = f.bytes.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            assert_eq!(decode_into(&bad, f.raw_len, f.stored_len, &d, &mut out), Err(FrameError::Checksum));
         }
     }
 

@@ -379,22 +379,23 @@ impl PackReader {
         frame::decode(&buf, loc.raw_len, loc.stored_len, digest).map_err(|e| self.damaged(loc, e))
     }
 
-    /// [`PackReader::read_block`], appending the block to `out` (on error
-    /// `out` is unchanged). The frame goes through a buffer reused by the
-    /// calling thread, so a sequential read allocates nothing per block.
-    pub fn read_block_append(&self, loc: &FrameLoc, digest: &Digest, out: &mut Vec<u8>) -> Result<(), ReadError> {
+    /// [`PackReader::read_block`] into `out`, exactly the block's length
+    /// (on error it holds no block). The frame goes through a buffer
+    /// reused by the calling thread, so a sequential read allocates
+    /// nothing per block.
+    pub fn read_block_into(&self, loc: &FrameLoc, digest: &Digest, out: &mut [u8]) -> Result<(), ReadError> {
         thread_local! {
             static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         let frame_len = FRAME_HEADER_LEN + loc.stored_len as usize;
         if let Some((run, frame)) = self.take_staged(loc) {
             let frame = &run.bytes()[frame];
-            return frame::decode_append(frame, loc.raw_len, loc.stored_len, digest, out).map_err(|e| self.damaged(loc, e));
+            return frame::decode_into(frame, loc.raw_len, loc.stored_len, digest, out).map_err(|e| self.damaged(loc, e));
         }
         FRAME.with_borrow_mut(|buf| {
             buf.resize(frame_len, 0);
             self.read_frame_into(loc, buf)?;
-            frame::decode_append(buf, loc.raw_len, loc.stored_len, digest, out).map_err(|e| self.damaged(loc, e))
+            frame::decode_into(buf, loc.raw_len, loc.stored_len, digest, out).map_err(|e| self.damaged(loc, e))
         })
     }
 
