@@ -84,11 +84,15 @@ pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl 
     let size = img.size();
     // Writing copies every byte into the page cache, costing about as much
     // as reading it out of the packs; a thread of its own overlaps the two.
-    let (tx, rx) = sync_channel::<(u64, Vec<u8>)>(2);
+    // Buffers written go back to the reader, which reads over their old
+    // content (a new buffer would be zeroed first, for every 4 MiB).
+    let (tx, rx) = sync_channel::<(u64, Vec<u8>, usize)>(2);
+    let (back_tx, back_rx) = sync_channel::<Vec<u8>>(4);
     let writer = std::thread::spawn(move || -> std::io::Result<(File, u64)> {
         let mut data_bytes = 0;
-        for (offset, data) in rx {
-            data_bytes += write_nonzero(&file, offset, &data)?;
+        for (offset, data, len) in rx {
+            data_bytes += write_nonzero(&file, offset, &data[..len])?;
+            let _ = back_tx.try_send(data);
         }
         Ok((file, data_bytes))
     });
@@ -100,16 +104,16 @@ pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl 
             let end = img.seek_hole(start)?.unwrap_or(size);
             let mut at = start;
             while at < end {
-                let data = img.read_vec(at, CHUNK.min((end - at) as usize))?;
-                if data.is_empty() {
+                let mut data = back_rx.try_recv().unwrap_or_default();
+                let len = img.read_into(at, CHUNK.min((end - at) as usize), &mut data)?;
+                if len == 0 {
                     break;
                 }
-                let len = data.len() as u64;
-                if tx.send((at, data)).is_err() {
+                if tx.send((at, data, len)).is_err() {
                     // The writer failed; its error is reported below.
                     return Ok(());
                 }
-                at += len;
+                at += len as u64;
                 progress(Step::Copied { done: at, total: size });
             }
             offset = end;
