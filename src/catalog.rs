@@ -172,12 +172,17 @@ impl Catalog {
     /// Attributes of a node; `None` if it no longer exists.
     pub fn attr(&self, node: Node) -> Result<Option<NodeAttr>> {
         if let Node::Partition(d, n) = node {
-            return Ok(self.partition(d, n)?.map(|(_, point, part)| NodeAttr {
+            let Some((disk, point, part)) = self.partition(d, n)? else { return Ok(None) };
+            // Not counted per partition, which would cost a pass over its
+            // versions on every lookup: at most the whole disk's data. That
+            // is enough for `cp`, which looks for holes (by seeking) only
+            // in files allocated below their length, to copy a partition
+            // of a mostly empty disk sparsely, reading only its data.
+            let disk_data = self.store.chain.with_index(|idx| allocated(idx, &disk, point.seq, self.store.block_size))?;
+            return Ok(Some(NodeAttr {
                 kind: NodeKind::File,
                 size: part.len,
-                // Not counted: a partition's count would cost a pass over
-                // its versions on every lookup. Seeks still find its holes.
-                allocated: part.len,
+                allocated: part.len.min(disk_data),
                 mtime: point.created,
             }));
         }

@@ -120,6 +120,25 @@ fn assert_is_range(file: &Path, disk: &Path, start: u64, len: u64) {
     assert_eq!(at, len, "{} read short", file.display());
 }
 
+/// A partition file reports as allocated at most its disk's data, so a
+/// partition of a mostly empty disk looks sparse and `cp` copies it
+/// sparsely (seeking past the holes), equal to its range of the disk.
+#[track_caller]
+fn assert_copies_sparsely(file: &Path, disk: &Path, start: u64, len: u64, scratch: &Scratch) {
+    use std::os::unix::fs::MetadataExt;
+    let blocks = fs::metadata(file).unwrap().blocks();
+    let disk_blocks = fs::metadata(file.with_file_name("sda.img")).unwrap().blocks();
+    assert_eq!(blocks, disk_blocks.min(len.div_ceil(512)), "st_blocks of {}", file.display());
+    assert!(blocks * 512 < len, "{} should look sparse: {blocks} blocks for {len} bytes", file.display());
+    let copy = scratch.path("partition-copy.img");
+    sh("cp", &[&p(file), &p(&copy)]);
+    assert_is_range(&copy, disk, start, len);
+    let data: u64 = data_extents(file).iter().map(|(a, b)| b - a).sum();
+    let used = disk_usage(&copy);
+    assert!(used <= data + MIB, "copy of {} uses {used} bytes for {data} bytes of data: cp read its holes", file.display());
+    fs::remove_file(&copy).unwrap();
+}
+
 /// The holes SEEK_HOLE shows in a partition file of a mount are the disk
 /// image's holes within the partition, and read as zeros on the source
 /// disk.
@@ -207,6 +226,8 @@ fn mbr_primary_and_logical_partitions_are_files() {
         }
     }
     let part = |dir: &Path, n: u32| dir.join(format!("sda-part{n}.img"));
+    // The XFS partition, most of the disk, holds little data.
+    assert_copies_sparsely(&part(&new, 6), &disk, range(6).0, range(6).1, &s);
     assert_image_tree(&part(&old, 1), &s.mnt("l"), &t1, "ext4 partition, first point");
     assert_image_tree(&part(&new, 1), &s.mnt("l"), &t1b, "ext4 partition, second point");
     let xfs = LoopMount::with_options(&part(&new, 6), &s.mnt("l"), "loop,ro,norecovery");

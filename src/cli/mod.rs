@@ -129,7 +129,8 @@ Points ingested while the mount runs appear without remounting.
 Disk images report the bytes that hold data as their allocated size and
 answer SEEK_DATA and SEEK_HOLE, so `cp` and `qemu-img convert` copy a point
 as a sparse file and read only its data. Partition files answer the seeks
-but report themselves fully allocated, so `cp` reads them whole.
+and report at most the whole disk's data as allocated: `cp` copies a
+partition of a mostly empty disk sparsely, one holding most of the data whole.
 
 Restore files with `mount -o loop,ro` on an image or partition (add `noload`
 for ext3/ext4 and `norecovery` for XFS taken from a running machine); boot a VM
