@@ -129,6 +129,11 @@ install_cleanup_trap
 trap peers_cleanup EXIT
 BENCH_T0=$(now)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+# CPU time the hypervisor gave to others while this guest wanted it (the
+# "steal" column of /proc/stat, in clock ticks): on a shared host, the
+# figures move with it.
+steal_ticks() { awk '$1 == "cpu" { print $9; exit }' /proc/stat; }
+STEAL_START=$(steal_ticks)
 
 # ------------------------------------------------------------------------ helpers
 
@@ -192,22 +197,24 @@ full_rates() {
 T_SECS=0
 T_RSS_KB=0
 timed() {
-    local name=$1 log tf t0 rc=0
+    local name=$1 log tf t0 st0 rc=0
     shift
     log=$LOGS/$name.log
     tf=$LOGS/$name.time
     drop_caches
     show_cmd "$@"
     t0=$(now)
+    st0=$(steal_ticks)
     /usr/bin/time -f '%M' -o "$tf" "$@" >"$log" 2>&1 || rc=$?
     sync
     T_SECS=$(elapsed "$t0")
+    T_STEAL=$(awk -v a="$st0" -v b="$(steal_ticks)" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / hz }')
     if [[ $rc -ne 0 ]]; then
         tail -n 20 "$log" >&2
         die "$name failed (exit $rc); log: $log"
     fi
     T_RSS_KB=$(tail -n 1 "$tf")
-    info "$name: $T_SECS s, peak RSS $(kib_to_mib "$T_RSS_KB") MiB"
+    info "$name: $T_SECS s, peak RSS $(kib_to_mib "$T_RSS_KB") MiB, $T_STEAL s of CPU stolen"
 }
 
 # cbtfs_no_warning LOGNAME: an ingest that should have used its map must
@@ -551,7 +558,7 @@ borg init -e none "$R_BORG" >"$LOGS/borg-init.log" 2>&1 || die "borg init failed
 MAP_RSS=()
 SCAN_RSS=()
 # Full ingest times of each round, per tool (see FULL_ROUNDS).
-declare -A FULL_T=()
+declare -A FULL_T=() FULL_STEAL=()
 declare -A PEER_SCAN_RSS=()
 for k in 0 1 2; do
     n=$((k + 1))
@@ -565,7 +572,7 @@ for k in 0 1 2; do
     # cbtfs
     if [[ $k -eq 0 ]]; then
         timed cbtfs-full "$CBTFS" ingest "$R_CBTFS" "$MACHINE" --disk "$DISK=$SRC" --checkpoint c1
-        FULL_T[cbtfs]=" $T_SECS"
+        FULL_T[cbtfs]=" $T_SECS"; FULL_STEAL[cbtfs]=" $T_STEAL"
         val full_s cbtfs "$T_SECS"
         full_rates cbtfs
         val full_rss cbtfs "$(kib_to_mib "$T_RSS_KB")"
@@ -587,7 +594,7 @@ for k in 0 1 2; do
     # restic
     timed "restic-$n" env -C "$W/src" restic -r "$R_RESTIC" backup disk.img
     if [[ $k -eq 0 ]]; then
-        FULL_T[restic]=" $T_SECS"; val full_s restic "$T_SECS"; full_rates restic; val full_rss restic "$(kib_to_mib "$T_RSS_KB")"
+        FULL_T[restic]=" $T_SECS"; FULL_STEAL[restic]=" $T_STEAL"; val full_s restic "$T_SECS"; full_rates restic; val full_rss restic "$(kib_to_mib "$T_RSS_KB")"
     else
         val "inc${k}_scan_s" restic "$T_SECS"; PEER_SCAN_RSS[restic]+=" $T_RSS_KB"
     fi
@@ -596,7 +603,7 @@ for k in 0 1 2; do
     # borg
     timed "borg-$n" env -C "$W/src" borg create --compression lz4 "$R_BORG::p$n" disk.img
     if [[ $k -eq 0 ]]; then
-        FULL_T[borg]=" $T_SECS"; val full_s borg "$T_SECS"; full_rates borg; val full_rss borg "$(kib_to_mib "$T_RSS_KB")"
+        FULL_T[borg]=" $T_SECS"; FULL_STEAL[borg]=" $T_STEAL"; val full_s borg "$T_SECS"; full_rates borg; val full_rss borg "$(kib_to_mib "$T_RSS_KB")"
     else
         val "inc${k}_scan_s" borg "$T_SECS"; PEER_SCAN_RSS[borg]+=" $T_RSS_KB"
     fi
@@ -605,7 +612,7 @@ for k in 0 1 2; do
     # qcow2 chain
     if [[ $k -eq 0 ]]; then
         timed qcow2-1 qemu-img convert -O qcow2 "$SRC" "$R_QCOW/c1.qcow2"
-        FULL_T[qcow2]=" $T_SECS"; val full_s qcow2 "$T_SECS"; full_rates qcow2; val full_rss qcow2 "$(kib_to_mib "$T_RSS_KB")"
+        FULL_T[qcow2]=" $T_SECS"; FULL_STEAL[qcow2]=" $T_STEAL"; val full_s qcow2 "$T_SECS"; full_rates qcow2; val full_rss qcow2 "$(kib_to_mib "$T_RSS_KB")"
     else
         if [[ $k -eq 1 ]]; then
             # What `qemu-img convert -B` costs; it writes every allocated
@@ -637,29 +644,30 @@ for ((r = 2; r <= FULL_ROUNDS; r++)); do
     "$CBTFS" init "$X/cbtfs" >/dev/null
     # Each repository goes once timed, so the disk never holds more than one.
     timed "cbtfs-full-r$r" "$CBTFS" ingest "$X/cbtfs" "$MACHINE" --disk "$DISK=$SRC"
-    FULL_T[cbtfs]+=" $T_SECS"
+    FULL_T[cbtfs]+=" $T_SECS"; FULL_STEAL[cbtfs]+=" $T_STEAL"
     rm -rf "$X/cbtfs"
     restic init -r "$X/restic" >"$LOGS/restic-init-r$r.log" 2>&1 || die "restic init failed"
     timed "restic-full-r$r" env -C "$W/src" restic -r "$X/restic" backup disk.img
-    FULL_T[restic]+=" $T_SECS"
+    FULL_T[restic]+=" $T_SECS"; FULL_STEAL[restic]+=" $T_STEAL"
     rm -rf "$X/restic"
     borg init -e none "$X/borg" >"$LOGS/borg-init-r$r.log" 2>&1 || die "borg init failed"
     timed "borg-full-r$r" env -C "$W/src" borg create --compression lz4 "$X/borg::p1" disk.img
-    FULL_T[borg]+=" $T_SECS"
+    FULL_T[borg]+=" $T_SECS"; FULL_STEAL[borg]+=" $T_STEAL"
     rm -rf "$X/borg"
     timed "qcow2-full-r$r" qemu-img convert -O qcow2 "$SRC" "$X/c1.qcow2"
-    FULL_T[qcow2]+=" $T_SECS"
+    FULL_T[qcow2]+=" $T_SECS"; FULL_STEAL[qcow2]+=" $T_STEAL"
     rm -rf "$X"
 done
-full_desc=
+full_desc= steal_desc=
 for t in cbtfs restic borg qcow2; do
     # shellcheck disable=SC2086
     T_SECS=$(median ${FULL_T[$t]})
     val full_s "$t" "$T_SECS"
     full_rates "$t"
     full_desc+="${full_desc:+; }$t${FULL_T[$t]}"
+    steal_desc+="${steal_desc:+; }$t${FULL_STEAL[$t]}"
 done
-note "- Full ingests, the tools in turn ($FULL_ROUNDS rounds, each into a fresh repository with the page cache dropped; seconds): $full_desc. The table and the verdict use the median."
+note "- Full ingests, the tools in turn ($FULL_ROUNDS rounds, each into a fresh repository with the page cache dropped; seconds): $full_desc. The table and the verdict use the median. CPU time stolen by the hypervisor during each (seconds): $steal_desc."
 
 val inc_map_rss cbtfs "$(kib_to_mib "$(max_of "${MAP_RSS[@]}")")"
 val inc_scan_rss cbtfs "$(kib_to_mib "$(max_of "${SCAN_RSS[@]}")")"
@@ -939,6 +947,8 @@ rm -f "$SPD/export.img"
 section "Results"
 TOTAL_SECS=$(elapsed "$BENCH_T0")
 note "- Load average (1, 5, 15 min) at the start: $LOAD_START; at the end (this benchmark's own load included): $(cut -d' ' -f1-3 /proc/loadavg). Other work on the machine makes the figures noisy."
+STOLEN=$(awk -v a="$STEAL_START" -v b="$(steal_ticks)" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz }')
+note "- CPU time stolen by the hypervisor during the run (steal in /proc/stat): $STOLEN s, $(awk -v s="$STOLEN" -v t="$TOTAL_SECS" -v n="$NPROC" 'BEGIN { printf "%.1f", 100 * s / (t * n) }') % of the $NPROC cores' time."
 META=$W/meta.json
 B_CPU=$CPU_MODEL B_NPROC=$NPROC B_MEM=$MEM_BYTES B_KERNEL=$KERNEL B_OS=$OS_NAME B_WFS=$WFS \
 B_SIZE=$SIZE B_ALLOC=$ALLOC B_FILL=$FILL B_MAP1=$MAP1_B B_MAP2=$MAP2_B \
