@@ -133,6 +133,11 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 # "steal" column of /proc/stat, in clock ticks): on a shared host, the
 # figures move with it.
 steal_ticks() { awk '$1 == "cpu" { print $9; exit }' /proc/stat; }
+# steal_secs_since TICKS [DECIMALS]: seconds stolen since steal_ticks said TICKS.
+steal_secs_since() {
+    awk -v a="$1" -v b="$(steal_ticks)" -v hz="$(getconf CLK_TCK)" -v d="${2:-2}" \
+        'BEGIN { printf "%.*f", d, (b - a) / hz }'
+}
 STEAL_START=$(steal_ticks)
 
 # ------------------------------------------------------------------------ helpers
@@ -208,7 +213,7 @@ timed() {
     /usr/bin/time -f '%M' -o "$tf" "$@" >"$log" 2>&1 || rc=$?
     sync
     T_SECS=$(elapsed "$t0")
-    T_STEAL=$(awk -v a="$st0" -v b="$(steal_ticks)" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / hz }')
+    T_STEAL=$(steal_secs_since "$st0")
     if [[ $rc -ne 0 ]]; then
         tail -n 20 "$log" >&2
         die "$name failed (exit $rc); log: $log"
@@ -947,7 +952,7 @@ rm -f "$SPD/export.img"
 section "Results"
 TOTAL_SECS=$(elapsed "$BENCH_T0")
 note "- Load average (1, 5, 15 min) at the start: $LOAD_START; at the end (this benchmark's own load included): $(cut -d' ' -f1-3 /proc/loadavg). Other work on the machine makes the figures noisy."
-STOLEN=$(awk -v a="$STEAL_START" -v b="$(steal_ticks)" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz }')
+STOLEN=$(steal_secs_since "$STEAL_START" 1)
 note "- CPU time stolen by the hypervisor during the run (steal in /proc/stat): $STOLEN s, $(awk -v s="$STOLEN" -v t="$TOTAL_SECS" -v n="$NPROC" 'BEGIN { printf "%.1f", 100 * s / (t * n) }') % of the $NPROC cores' time."
 META=$W/meta.json
 B_CPU=$CPU_MODEL B_NPROC=$NPROC B_MEM=$MEM_BYTES B_KERNEL=$KERNEL B_OS=$OS_NAME B_WFS=$WFS \
