@@ -28,7 +28,9 @@
 # none of them uses the change maps. Every ingest starts with the page cache
 # dropped and is timed up to a following `sync`. The full ingest is then
 # repeated twice more, the tools in turn, each into a fresh repository; the
-# table has the median of the three.
+# table has the median of the three. After each cbtfs full ingest, its packs
+# are written once more with dd (direct I/O, fsync): the time the disk alone
+# needs for those bytes, the floor of that ingest.
 #
 # Reads of the newest point go through each tool's own mount: `cbtfs mount`,
 # `restic mount`, `borg mount`, and for the qcow2 chain a read-only FUSE
@@ -220,6 +222,24 @@ timed() {
     fi
     T_RSS_KB=$(tail -n 1 "$tf")
     info "$name: $T_SECS s, peak RSS $(kib_to_mib "$T_RSS_KB") MiB, $T_STEAL s of CPU stolen"
+}
+
+# write_floor REPO: what the disk alone needs to write what a cbtfs full
+# ingest wrote into REPO. The repository's packs, read into the page cache
+# first, are written once more to a new file with direct I/O and an fsync,
+# in 8 MiB writes. Sets WF_SECS and WF_BYTES. A cbtfs full ingest cannot
+# finish before this: when its time is near the floor, the disk bounds it.
+WF_SECS=0
+WF_BYTES=0
+write_floor() {
+    local repo=$1 out=$W/write-floor.tmp t0
+    WF_BYTES=$(cat "$repo"/packs/*.pack | wc -c)
+    sync
+    t0=$(now)
+    cat "$repo"/packs/*.pack | dd of="$out" bs=8M iflag=fullblock oflag=direct conv=fsync status=none
+    WF_SECS=$(elapsed "$t0")
+    rm -f "$out"
+    info "disk write floor: $(human_bytes "$WF_BYTES") in $WF_SECS s ($(mbps "$WF_BYTES" "$WF_SECS") MB/s)"
 }
 
 # cbtfs_no_warning LOGNAME: an ingest that should have used its map must
@@ -581,6 +601,8 @@ for k in 0 1 2; do
         val full_s cbtfs "$T_SECS"
         full_rates cbtfs
         val full_rss cbtfs "$(kib_to_mib "$T_RSS_KB")"
+        write_floor "$R_CBTFS"
+        FULL_WF=" $WF_SECS"
         cp -a "$R_CBTFS" "$R_SCAN"
     else
         timed "cbtfs-inc$k-map" "$CBTFS" ingest "$R_CBTFS" "$MACHINE" --disk "$DISK=$SRC" \
@@ -650,6 +672,8 @@ for ((r = 2; r <= FULL_ROUNDS; r++)); do
     # Each repository goes once timed, so the disk never holds more than one.
     timed "cbtfs-full-r$r" "$CBTFS" ingest "$X/cbtfs" "$MACHINE" --disk "$DISK=$SRC"
     FULL_T[cbtfs]+=" $T_SECS"; FULL_STEAL[cbtfs]+=" $T_STEAL"
+    write_floor "$X/cbtfs"
+    FULL_WF+=" $WF_SECS"
     rm -rf "$X/cbtfs"
     restic init -r "$X/restic" >"$LOGS/restic-init-r$r.log" 2>&1 || die "restic init failed"
     timed "restic-full-r$r" env -C "$W/src" restic -r "$X/restic" backup disk.img
@@ -673,6 +697,9 @@ for t in cbtfs restic borg qcow2; do
     steal_desc+="${steal_desc:+; }$t${FULL_STEAL[$t]}"
 done
 note "- Full ingests, the tools in turn ($FULL_ROUNDS rounds, each into a fresh repository with the page cache dropped; seconds): $full_desc. The table and the verdict use the median. CPU time stolen by the hypervisor during each (seconds): $steal_desc."
+# shellcheck disable=SC2086
+val full_write_floor_s cbtfs "$(median $FULL_WF)"
+note "- Disk write floor of each round: the $(human_bytes "$WF_BYTES") of packs a cbtfs full ingest wrote, written again right after it by \`dd oflag=direct conv=fsync\` (8 MiB writes, from the page cache) to a new file (seconds):$FULL_WF. The ingest has to write the same bytes, and reads its source from the same disk meanwhile; the table has the median."
 
 val inc_map_rss cbtfs "$(kib_to_mib "$(max_of "${MAP_RSS[@]}")")"
 val inc_scan_rss cbtfs "$(kib_to_mib "$(max_of "${SCAN_RSS[@]}")")"
