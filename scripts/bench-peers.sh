@@ -62,6 +62,9 @@
 #   --fill PERCENT    share of the image filled with files (default 60)
 #   --depths A,B      chain depths to measure besides 1 (default 100,1000)
 #   --depth-size SIZE disk size of the chain-depth test (default 256M)
+#   --settle SECONDS  wait after each drop of the page cache (default 5 where
+#                     the hypervisor takes back free memory, else 0; see
+#                     drop_caches in lib/common.sh)
 #   --workdir DIR     work in DIR (created if needed, must be empty, kept)
 #   --keep            keep the temporary work directory
 #   --json FILE       also write the results as JSON
@@ -90,6 +93,8 @@ while [[ $# -gt 0 ]]; do
         --depths=*) DEPTHS=${1#*=}; shift ;;
         --depth-size) DEPTH_SIZE_ARG=${2:?--depth-size needs a value}; shift 2 ;;
         --depth-size=*) DEPTH_SIZE_ARG=${1#*=}; shift ;;
+        --settle) DROP_SETTLE=${2:?--settle needs a value}; shift 2 ;;
+        --settle=*) DROP_SETTLE=${1#*=}; shift ;;
         --workdir) WORKDIR=${2:?--workdir needs a directory}; shift 2 ;;
         --workdir=*) WORKDIR=${1#*=}; shift ;;
         --keep) KEEP=1; shift ;;
@@ -108,6 +113,7 @@ SIZE=$(numfmt --from=iec "${SIZE_ARG%iB}" 2>/dev/null) || die "bad --size: $SIZE
 DEPTH_SIZE=$(numfmt --from=iec "${DEPTH_SIZE_ARG%iB}" 2>/dev/null) || die "bad --depth-size: $DEPTH_SIZE_ARG"
 [[ $DEPTH_SIZE -ge $((16 << 20)) && $((DEPTH_SIZE % (1 << 20))) -eq 0 ]] \
     || die "--depth-size must be a whole number of MiB, at least 16M"
+[[ $DROP_SETTLE =~ ^[0-9]+$ ]] || die "--settle must be a whole number of seconds"
 [[ $FILL =~ ^[0-9]+$ && $FILL -ge 1 && $FILL -le 85 ]] || die "--fill must be a whole percentage between 1 and 85"
 [[ $DEPTHS =~ ^([0-9]+),([0-9]+)$ ]] || die "--depths must be A,B (e.g. 100,1000)"
 DEPTH_A=${BASH_REMATCH[1]}
@@ -154,6 +160,14 @@ note() {
     NOTES+=("$*")
 }
 NOTES=()
+if free_page_reporting; then
+    fpr="- The hypervisor takes back free guest memory (virtio balloon free page reporting) about 2 s after it is freed, and touching such a page again costs a fault in the host: right after a drop of the page cache, the in-memory FUSE file read 2 GiB in 0.9 s (five times of six), three to ten seconds later in 1.4-2.6 s."
+    if [[ $DROP_SETTLE -gt 0 ]]; then
+        note "$fpr Every drop is followed by a $DROP_SETTLE s wait, so that each timed command starts with the freed memory handed back, whatever its speed."
+    else
+        note "$fpr No wait after the drops here (--settle 0): a command that ends quickly pays less per page than a slow one."
+    fi
+fi
 
 # drop_caches (lib/common.sh) also runs after each first-byte probe (a
 # 4 KiB read), so that the timed read starts cold and from the start of the

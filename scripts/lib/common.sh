@@ -285,9 +285,31 @@ stop_cbtfs_mount() {
 
 # ---------------------------------------------------------------- misc
 
+# free_page_reporting: true when a virtio balloon device reports free guest
+# memory to the hypervisor (feature bit 5, VIRTIO_BALLOON_F_REPORTING).
+free_page_reporting() {
+    local f
+    for f in /sys/bus/virtio/drivers/virtio_balloon/virtio*/features; do
+        [[ -r $f && $(cut -c6 "$f") == 1 ]] && return 0
+    done
+    return 1
+}
+
+# Seconds drop_caches waits after dropping. With free page reporting, the
+# guest hands memory it freed back to the hypervisor about two seconds
+# later, and the next touch of such a page costs a fault in the host. Right
+# after a drop, the freed page cache is still backed: a command that ends
+# within a second or two pays far less per page than a longer one, or the
+# same one run a few seconds later (an in-memory FUSE file read 2 GiB in
+# 0.9 s right after a drop, five times of six, and in 1.4-2.6 s three to
+# ten seconds after it). Waiting until the reporting has settled starts every timed command
+# in the same state, whatever its speed. Scripts may override it.
+if free_page_reporting; then DROP_SETTLE=${DROP_SETTLE:-5}; else DROP_SETTLE=${DROP_SETTLE:-0}; fi
+
 # drop_caches: syncs and drops the page cache, so that the next read is
-# cold; warns once (and sets CACHES_DROPPED=false) where that is not
-# allowed, since 'cold' figures are then warm.
+# cold, then waits DROP_SETTLE seconds; warns once (and sets
+# CACHES_DROPPED=false) where dropping is not allowed, since 'cold' figures
+# are then warm.
 CACHES_DROPPED=true
 drop_caches() {
     sync
@@ -295,6 +317,7 @@ drop_caches() {
         [[ $CACHES_DROPPED == false ]] || warn "cannot drop the page cache here: 'cold' numbers are warm"
         CACHES_DROPPED=false
     fi
+    [[ $DROP_SETTLE == 0 ]] || sleep "$DROP_SETTLE"
 }
 
 # Allocated bytes of a (possibly sparse) file.
