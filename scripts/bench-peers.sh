@@ -161,7 +161,7 @@ note() {
 }
 NOTES=()
 if free_page_reporting; then
-    fpr="- The hypervisor takes back free guest memory (virtio balloon free page reporting) about 2 s after it is freed, and touching such a page again costs a fault in the host: right after a drop of the page cache, the in-memory FUSE file read 2 GiB in 0.9 s (five times of six), three to ten seconds later in 1.4-2.6 s."
+    fpr="- The hypervisor takes back free guest memory (virtio balloon free page reporting) about 2 s after it is freed, and touching such a page again costs a fault in the host: right after a drop of the page cache, where this was found, the in-memory FUSE file read 2 GiB in 0.9 s (five times of six), and three to ten seconds later in 1.4-2.6 s (docs/performance.md)."
     if [[ $DROP_SETTLE -gt 0 ]]; then
         note "$fpr Every drop is followed by a $DROP_SETTLE s wait, so that each timed command starts with the freed memory handed back, whatever its speed."
     else
@@ -241,8 +241,9 @@ timed() {
 # write_floor REPO: what the disk alone needs to write what a cbtfs full
 # ingest wrote into REPO. The repository's packs, read into the page cache
 # first, are written once more to a new file with direct I/O and an fsync,
-# in 8 MiB writes. Sets WF_SECS and WF_BYTES. A cbtfs full ingest cannot
-# finish before this: when its time is near the floor, the disk bounds it.
+# in 8 MiB writes. Sets WF_SECS and WF_BYTES. The ingest writes the same
+# bytes, while reading its source from the same disk: when its time is near
+# this floor, the disk bounds it.
 WF_SECS=0
 WF_BYTES=0
 write_floor() {

@@ -302,8 +302,9 @@ free_page_reporting() {
 # within a second or two pays far less per page than a longer one, or the
 # same one run a few seconds later (an in-memory FUSE file read 2 GiB in
 # 0.9 s right after a drop, five times of six, and in 1.4-2.6 s three to
-# ten seconds after it). Waiting until the reporting has settled starts every timed command
-# in the same state, whatever its speed. Scripts may override it.
+# ten seconds after it; docs/performance.md). Waiting until the reporting
+# has settled starts every timed command in the same state, whatever its
+# speed. Scripts may override it.
 if free_page_reporting; then DROP_SETTLE=${DROP_SETTLE:-5}; else DROP_SETTLE=${DROP_SETTLE:-0}; fi
 
 # drop_caches: syncs and drops the page cache, so that the next read is

@@ -349,11 +349,16 @@ mod tests {
         let s = Source::open("sda", &p, None).unwrap();
         let whole = s.allocated().unwrap();
         let within = RangeSet::from_ranges([
-            0..(2 << 20),                            // holds the first piece whole
-            (9 << 20) + (64 << 10)..(9 << 20) + (128 << 10), // inside the second piece
-            (10 << 20)..(20 << 20),                  // a hole that ends where the third begins
-            (40 << 20) + (128 << 10)..(50 << 20),    // from inside the fourth into a hole
-            (63 << 20)..(80 << 20),                  // the last piece, past the end of the disk
+            // The first piece whole, with holes on both sides.
+            0..(2 << 20),
+            // Inside the second piece.
+            (9 << 20) + (64 << 10)..(9 << 20) + (128 << 10),
+            // A hole that ends where the third piece begins.
+            (10 << 20)..(20 << 20),
+            // From inside the fourth piece into the hole after it.
+            (40 << 20) + (128 << 10)..(50 << 20),
+            // The last piece, and on past the end of the disk.
+            (63 << 20)..(80 << 20),
         ]);
         let part = s.allocated_in(&within).unwrap();
         let clipped = within.intersect(&RangeSet::single(0..(64 << 20)));
