@@ -313,19 +313,24 @@ pub fn read_padded(file: &File, offset: u64, size: u64, buf: &mut [u8]) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+
+    /// A 64 MiB sparse disk in `dir` with `len` bytes of data at each of
+    /// `at`, opened as a source.
+    fn sparse_source(dir: &Path, len: usize, at: &[u64]) -> Source {
+        let p = dir.join("disk");
+        let f = File::create(&p).unwrap();
+        f.set_len(64 << 20).unwrap();
+        for (i, &off) in at.iter().enumerate() {
+            f.write_all_at(&vec![i as u8 + 1; len], off).unwrap();
+        }
+        f.sync_all().unwrap();
+        Source::open("sda", &p, None).unwrap()
+    }
 
     #[test]
     fn sparse_file_allocation_is_found() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("disk");
-        let f = File::create(&p).unwrap();
-        f.set_len(64 << 20).unwrap();
-        f.write_all_at(&[1u8; 4096], 8 << 20).unwrap();
-        f.write_all_at(&[2u8; 4096], 32 << 20).unwrap();
-        (&f).flush().unwrap();
-        f.sync_all().unwrap();
-        let s = Source::open("sda", &p, None).unwrap();
+        let s = sparse_source(dir.path(), 4096, &[8 << 20, 32 << 20]);
         assert_eq!(s.size, 64 << 20);
         let a = s.allocated().unwrap();
         assert!(a.len() < 8 << 20, "holes must not count as data: {a:?}");
@@ -339,14 +344,7 @@ mod tests {
     #[test]
     fn allocation_within_ranges_matches_the_whole_map() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("disk");
-        let f = File::create(&p).unwrap();
-        f.set_len(64 << 20).unwrap();
-        for at in [1u64 << 20, 9 << 20, 20 << 20, 40 << 20, 63 << 20] {
-            f.write_all_at(&[3u8; 256 << 10], at).unwrap();
-        }
-        f.sync_all().unwrap();
-        let s = Source::open("sda", &p, None).unwrap();
+        let s = sparse_source(dir.path(), 256 << 10, &[1 << 20, 9 << 20, 20 << 20, 40 << 20, 63 << 20]);
         let whole = s.allocated().unwrap();
         let within = RangeSet::from_ranges([
             // The first piece whole, with holes on both sides.
