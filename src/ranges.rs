@@ -107,6 +107,11 @@ impl RangeSet {
             self.runs.iter().map(|r| r.start / block_size..r.end.div_ceil(block_size)),
         )
     }
+
+    /// Block numbers as the byte ranges of those blocks.
+    pub fn to_bytes(&self, block_size: u64) -> RangeSet {
+        RangeSet::from_ranges(self.runs.iter().map(|r| r.start * block_size..r.end * block_size))
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +178,14 @@ mod tests {
         assert_eq!(b.runs(), &[2..3]);
         let b = rs(&[(65536 * 3 + 1, 65536 * 3 + 2)]).to_blocks(65536);
         assert_eq!(b.runs(), &[3..4]);
+    }
+
+    #[test]
+    fn blocks_to_bytes_and_back() {
+        let blocks = rs(&[(0, 2), (5, 6)]);
+        let bytes = blocks.to_bytes(4096);
+        assert_eq!(bytes.runs(), &[0..8192, 20480..24576]);
+        assert_eq!(bytes.to_blocks(4096), blocks);
     }
 
     #[test]

@@ -180,9 +180,7 @@ impl<'a> BlockStore<'a> {
         };
         // Mapped only where something is to be read: for an incremental,
         // the changed blocks, not the whole disk's allocation.
-        let candidate_bytes =
-            RangeSet::from_ranges(candidates.runs().iter().map(|r| r.start * bs..(r.end * bs).min(size)));
-        let allocated = d.source.allocated_in(&candidate_bytes)?.to_blocks(bs).intersect(&all);
+        let allocated = d.source.allocated_in(&candidates.to_bytes(bs))?.to_blocks(bs).intersect(&all);
         let to_read = candidates.intersect(&allocated);
         let holes = candidates.subtract(&allocated);
 
