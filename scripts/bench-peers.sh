@@ -833,6 +833,8 @@ DEPTH_REPS=3
 # depth_reads LABEL [MIDPOINT MIDCOPY]: mount start to first byte and cold
 # sequential read of the newest point (and of point MIDPOINT) of the depth
 # repository; each the median of DEPTH_REPS fresh mounts with caches dropped.
+# Sets MID_NAME to the name of point MIDPOINT.
+MID_NAME=
 depth_reads() {
     local label=$1 mid=${2:-} midcopy=${3:-} t0 s r name fbs=() rates=() mids=()
     local latest=$MNT/$DMACH/latest/$DISK.img
@@ -871,6 +873,7 @@ depth_reads() {
         fi
         srv_stop
     done
+    MID_NAME=$name
     info "depth $label: point $mid ($name) read at ${mids[*]} MB/s (cold)"
     val "depth${label}_mid_read" cbtfs "$(median "${mids[@]}")"
 }
@@ -897,6 +900,11 @@ info "depth $DEPTH_B reached in $DEPTH_BUILD s in all: $DSTATS"
 depth_reads B "$DEPTH_MID" "$D/mid.img"
 section "Chain depth: depth 1 and depth $DEPTH_B in turn"
 alternate_cold depthB_pct "depth-$DEPTH_B" "$MNT/$DMACH/latest/$DISK.img" depth-1 "$MNT/$DMACH/latest/$DISK.img" \
+    "$DEPTH_SIZE" -- "$CBTFS" mount "$DREPO" "$MNT" -- "$CBTFS" mount "$D/repo-depth1" "$MNT"
+# Point DEPTH_MID, half-way down the chain, against depth 1 in the same way:
+# its own medians above were read minutes apart from depth 1's.
+section "Chain depth: point $DEPTH_MID of depth $DEPTH_B and depth 1 in turn"
+alternate_cold depthB_mid_pct "point-$DEPTH_MID" "$MNT/$DMACH/$MID_NAME/$DISK.img" depth-1 "$MNT/$DMACH/latest/$DISK.img" \
     "$DEPTH_SIZE" -- "$CBTFS" mount "$DREPO" "$MNT" -- "$CBTFS" mount "$D/repo-depth1" "$MNT"
 jget() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$DSTATS" "$1"; }
 val depth_ingest_median_ms cbtfs "$(jget median_ms)"

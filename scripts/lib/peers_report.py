@@ -175,11 +175,12 @@ def goals(vd):
         if d1 and dn is not None:
             res = (dn >= 0.9 * d1, f"{dn / d1 * 100:.0f}% of depth 1")
         out[key] = ("within 10% of depth 1", res)
-    paired = vd.v("depthB_pct")
-    if paired is not None:
-        # Read in turn with depth 1: the fairer comparison for the newest point.
-        out["depthB_read"] = ("within 10% of depth 1",
-                              (paired >= 90, f"{paired:.0f}% of depth 1, read in turn"))
+    # Read in turn with depth 1: the fairer comparison, for the newest
+    # point and for the one half-way down the chain.
+    for key in ("depthB_read", "depthB_mid_read"):
+        paired = vd.v(key.replace("_read", "_pct"))
+        if paired is not None:
+            out[key] = ("within 10% of depth 1", (paired >= 90, f"{paired:.0f}% of depth 1, read in turn"))
 
     fb = vd.v("depthB_first_byte_ms")
     out["depthB_first_byte_ms"] = ("< 1 s", None if fb is None else (fb < 1000, f"{fb:.0f} ms"))
