@@ -127,18 +127,32 @@ impl<'a> BlockStore<'a> {
 
     fn seal_current(&mut self) -> Result<()> {
         if let Some(w) = self.writer.take() {
-            let id = w.id();
-            self.idx.conn().execute("UPDATE packs SET size = ?1 WHERE id = ?2", rusqlite::params![w.len() as i64, id])?;
-            self.sealing.push((id, std::thread::spawn(move || w.seal())));
+            self.record_size(&w)?;
+            self.sealing.push((w.id(), std::thread::spawn(move || w.seal())));
         }
         Ok(())
     }
 
+    fn record_size(&self, w: &PackWriter) -> Result<()> {
+        self.idx.conn().execute("UPDATE packs SET size = ?1 WHERE id = ?2", rusqlite::params![w.len() as i64, w.id()])?;
+        Ok(())
+    }
+
     /// Seals the last pack; the caller commits, then publishes the packs.
+    /// The last pack is sealed on this thread, which has nothing else to
+    /// do meanwhile: a thread of its own would only add the cost of
+    /// starting one to every ingest.
     pub fn finish(mut self) -> Result<Vec<SealedPack>> {
-        self.seal_current()?;
         let mut sealed = Vec::new();
         let mut failure = None;
+        if let Some(w) = self.writer.take() {
+            let id = w.id();
+            self.record_size(&w)?;
+            match w.seal() {
+                Ok(s) => sealed.push(s),
+                Err(e) => failure = Some(Error::io(format!("cannot sync pack {}", id.0), e)),
+            }
+        }
         // Wait for every seal, also after a failure, so that the guards of
         // the others are in hand (and undo their writes when dropped).
         for (id, h) in std::mem::take(&mut self.sealing) {
@@ -341,6 +355,11 @@ struct Hashed {
 /// the calling thread looks up, appends and records this one. With
 /// everything on one thread the cores sat idle during those steps, and a
 /// full ingest used two thirds of them.
+/// Batches of fewer blocks are hashed on the hasher thread alone. A tiny
+/// incremental reads one or two blocks: splitting them over the cores saves
+/// less than starting the pool of threads that would do it costs.
+const PARALLEL_HASH_MIN: usize = 4;
+
 fn spawn_hasher(
     rx: Receiver<std::io::Result<Batch>>,
     block_size: u32,
@@ -351,17 +370,19 @@ fn spawn_hasher(
         for batch in rx {
             let res = batch.map(|batch| {
                 let blocks: Vec<&[u8]> = batch.data.as_slice().chunks(block_size as usize).take(batch.count).collect();
-                let work: Vec<(Option<Digest>, Option<frame::EncodedFrame>)> = blocks
-                    .par_iter()
-                    .map(|b| {
-                        if is_zero(b) {
-                            return (None, None);
-                        }
-                        let d = Digest::of(b);
-                        let f = compress.then(|| frame::encode(b, &d));
-                        (Some(d), f)
-                    })
-                    .collect();
+                let one = |b: &&[u8]| {
+                    if is_zero(b) {
+                        return (None, None);
+                    }
+                    let d = Digest::of(b);
+                    let f = compress.then(|| frame::encode(b, &d));
+                    (Some(d), f)
+                };
+                let work: Vec<(Option<Digest>, Option<frame::EncodedFrame>)> = if blocks.len() < PARALLEL_HASH_MIN {
+                    blocks.iter().map(one).collect()
+                } else {
+                    blocks.par_iter().map(one).collect()
+                };
                 let (digests, frames): (Vec<_>, Vec<_>) = work.into_iter().unzip();
                 Hashed { batch, digests, frames: compress.then_some(frames) }
             });
