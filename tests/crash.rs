@@ -210,3 +210,38 @@ fn concurrent_ingests_do_not_interleave() {
 fn a_wait(a: Spawned) -> Out {
     a.wait_timeout(Duration::from_secs(240))
 }
+
+/// The file system under the repository fills up in the middle of an
+/// ingest that appends to a pack, seals it and starts another: the ingest
+/// fails with the write's error, and the repository is as before (the same
+/// listing, the same packs at the same sizes, verify clean). Once the
+/// source is small enough to fit, the next ingest succeeds and reads back.
+#[test]
+fn ingest_into_a_full_file_system_changes_nothing() {
+    let s = Scratch::new();
+    let small = LoopMount::of_type("tmpfs", "size=24m", &s.mnt("small"));
+    let repo = small.mp.join("repo");
+    init_repo(&repo, None);
+    let disk = s.path("sda.raw");
+    random_file(&disk, 8 * MIB, 1);
+    Ingest::new(&repo, "vm").disk("sda", &disk).checkpoint("c0").run().ok();
+    let before = repo_state(&repo);
+    assert_eq!(before.packs.len(), 1, "one pack, below the pack size: {:?}", before.packs);
+
+    // 40 MiB of new data: fills the first pack, then runs out of room in
+    // the second.
+    random_file(&disk, 40 * MIB, 2);
+    let o = Ingest::new(&repo, "vm").disk("sda", &disk).checkpoint("c1").full().run();
+    assert_eq!(o.code, Some(1), "{}", o.describe());
+    assert!(o.stderr.contains("No space left"), "{}", o.describe());
+    assert_eq!(o.stderr.trim().lines().count(), 1, "one line: {}", o.describe());
+    assert_eq!(repo_state(&repo), before, "the failed ingest left changes");
+    verify_ok(&repo);
+
+    set_size(&disk, 4 * MIB);
+    random_file(&disk, 4 * MIB, 3);
+    Ingest::new(&repo, "vm").disk("sda", &disk).checkpoint("c1").run().ok();
+    verify_ok(&repo);
+    let fuse = FuseMount::start(&repo, &s.mnt("m"));
+    assert_same_file(&fuse.image("vm", &latest_point(&repo, "vm"), "sda"), &disk);
+}
