@@ -151,17 +151,18 @@ impl Catalog {
     }
 
     /// A partition of a disk image, if the disk (still) exists and has it,
-    /// with the disk's point.
-    fn partition(&self, d: PointDiskId, number: u32) -> Result<Option<(PointDiskRow, crate::index::PointRow, Partition)>> {
+    /// with the disk's point and the bytes of the disk that hold data (see
+    /// [`allocated`]), all from one use of the index.
+    fn partition(&self, d: PointDiskId, number: u32) -> Result<Option<(PointDiskRow, crate::index::PointRow, Partition, u64)>> {
         let row = self.store.chain.with_index(|idx| {
-            Ok(match idx.point_disk(d)? {
-                Some(disk) => idx.point(disk.point)?.map(|p| (disk, p)),
-                None => None,
-            })
+            let Some(disk) = idx.point_disk(d)? else { return Ok(None) };
+            let Some(point) = idx.point(disk.point)? else { return Ok(None) };
+            let data = allocated(idx, &disk, point.seq, self.store.block_size)?;
+            Ok(Some((disk, point, data)))
         })?;
-        Ok(row.and_then(|(disk, point)| {
+        Ok(row.and_then(|(disk, point, data)| {
             let part = self.partitions_of(&disk, point.seq).iter().find(|p| p.number == number).copied();
-            part.map(|part| (disk, point, part))
+            part.map(|part| (disk, point, part, data))
         }))
     }
 
@@ -172,13 +173,12 @@ impl Catalog {
     /// Attributes of a node; `None` if it no longer exists.
     pub fn attr(&self, node: Node) -> Result<Option<NodeAttr>> {
         if let Node::Partition(d, n) = node {
-            let Some((disk, point, part)) = self.partition(d, n)? else { return Ok(None) };
+            let Some((_, point, part, disk_data)) = self.partition(d, n)? else { return Ok(None) };
             // Not counted per partition, which would cost a pass over its
             // versions on every lookup: at most the whole disk's data. That
             // is enough for `cp`, which looks for holes (by seeking) only
             // in files allocated below their length, to copy a partition
             // of a mostly empty disk sparsely, reading only its data.
-            let disk_data = self.store.chain.with_index(|idx| allocated(idx, &disk, point.seq, self.store.block_size))?;
             return Ok(Some(NodeAttr {
                 kind: NodeKind::File,
                 size: part.len,
@@ -230,7 +230,7 @@ impl Catalog {
     pub fn open(&self, node: Node) -> Result<Option<ImageReader>> {
         match node {
             Node::Image(d) => self.open_image(d),
-            Node::Partition(d, n) => Ok(self.partition(d, n)?.map(|(disk, point, part)| {
+            Node::Partition(d, n) => Ok(self.partition(d, n)?.map(|(disk, point, part, _)| {
                 ImageReader::new(self.store.clone(), disk.lineage, point.seq, disk.size).window(part.start, part.len)
             })),
             _ => Ok(None),
