@@ -327,31 +327,52 @@ impl NbdClient {
     /// The byte ranges of the whole export whose flags in context `ctx`
     /// satisfy `pick`, merged.
     pub fn ranges_where(&mut self, ctx: u32, pick: impl Fn(u32) -> bool) -> Result<Vec<Range<u64>>, NbdError> {
-        self.guarded(|c| c.ranges_where_inner(ctx, pick))
+        let whole = 0..self.size;
+        self.ranges_where_in(ctx, std::slice::from_ref(&whole), pick)
     }
 
-    fn ranges_where_inner(&mut self, ctx: u32, pick: impl Fn(u32) -> bool) -> Result<Vec<Range<u64>>, NbdError> {
+    /// [`NbdClient::ranges_where`], asking only about `within` (sorted,
+    /// not overlapping; cut at the end of the export): one walk per range.
+    pub fn ranges_where_in(
+        &mut self,
+        ctx: u32,
+        within: &[Range<u64>],
+        pick: impl Fn(u32) -> bool,
+    ) -> Result<Vec<Range<u64>>, NbdError> {
+        self.guarded(|c| c.ranges_where_inner(ctx, within, pick))
+    }
+
+    fn ranges_where_inner(
+        &mut self,
+        ctx: u32,
+        within: &[Range<u64>],
+        pick: impl Fn(u32) -> bool,
+    ) -> Result<Vec<Range<u64>>, NbdError> {
         let mut out: Vec<Range<u64>> = Vec::new();
-        let mut pos = 0u64;
-        while pos < self.size {
-            let ask = (self.size - pos).min(1 << 30) as u32;
-            let extents = self.block_status(ctx, pos, ask)?;
-            let start = pos;
-            for e in extents {
-                if pos >= self.size {
-                    break;
-                }
-                let end = (pos + e.len as u64).min(self.size);
-                if pick(e.flags) {
-                    match out.last_mut() {
-                        Some(last) if last.end == pos => last.end = end,
-                        _ => out.push(pos..end),
+        for r in within {
+            let stop = r.end.min(self.size);
+            let mut pos = r.start;
+            while pos < stop {
+                let ask = (stop - pos).min(1 << 30) as u32;
+                let extents = self.block_status(ctx, pos, ask)?;
+                let start = pos;
+                // The last extent may reach past what was asked for.
+                for e in extents {
+                    if pos >= stop {
+                        break;
                     }
+                    let end = (pos + e.len as u64).min(stop);
+                    if pick(e.flags) {
+                        match out.last_mut() {
+                            Some(last) if last.end == pos => last.end = end,
+                            _ => out.push(pos..end),
+                        }
+                    }
+                    pos = end;
                 }
-                pos = end;
-            }
-            if pos == start {
-                return Err(ProtoError::Malformed("block status made no progress".into()).into());
+                if pos == start {
+                    return Err(ProtoError::Malformed("block status made no progress".into()).into());
+                }
             }
         }
         Ok(out)
@@ -418,25 +439,37 @@ pub fn fuzz_session(server: &[u8]) {
 mod tests {
     use super::*;
 
-    /// What a good server sends for [`fuzz_session`]: greeting, the
-    /// option replies, block status for both contexts, a read reply.
-    fn good_transcript(size: u64) -> Vec<u8> {
+    fn rep(v: &mut Vec<u8>, opt: u32, kind: u32, data: &[u8]) {
+        v.extend_from_slice(&proto::OPT_REPLY_MAGIC.to_be_bytes());
+        v.extend_from_slice(&opt.to_be_bytes());
+        v.extend_from_slice(&kind.to_be_bytes());
+        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        v.extend_from_slice(data);
+    }
+
+    fn chunk(v: &mut Vec<u8>, done: bool, kind: u16, cookie: u64, payload: &[u8]) {
+        v.extend_from_slice(&proto::STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        v.extend_from_slice(&(done as u16).to_be_bytes());
+        v.extend_from_slice(&kind.to_be_bytes());
+        v.extend_from_slice(&cookie.to_be_bytes());
+        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        v.extend_from_slice(payload);
+    }
+
+    /// A block status reply for context `ctx`: extents of (length, flags).
+    fn status(v: &mut Vec<u8>, cookie: u64, ctx: u32, extents: &[(u32, u32)]) {
+        let mut p = ctx.to_be_bytes().to_vec();
+        for (len, flags) in extents {
+            p.extend_from_slice(&len.to_be_bytes());
+            p.extend_from_slice(&flags.to_be_bytes());
+        }
+        chunk(v, true, proto::REPLY_TYPE_BLOCK_STATUS, cookie, &p);
+    }
+
+    /// A good server's handshake for an export of `size` bytes, granting
+    /// `base:allocation` as context 1 and `qemu:dirty-bitmap:b` as 2.
+    fn handshake(size: u64) -> Vec<u8> {
         let mut v = Vec::new();
-        let rep = |v: &mut Vec<u8>, opt: u32, kind: u32, data: &[u8]| {
-            v.extend_from_slice(&proto::OPT_REPLY_MAGIC.to_be_bytes());
-            v.extend_from_slice(&opt.to_be_bytes());
-            v.extend_from_slice(&kind.to_be_bytes());
-            v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            v.extend_from_slice(data);
-        };
-        let chunk = |v: &mut Vec<u8>, done: bool, kind: u16, cookie: u64, payload: &[u8]| {
-            v.extend_from_slice(&proto::STRUCTURED_REPLY_MAGIC.to_be_bytes());
-            v.extend_from_slice(&(done as u16).to_be_bytes());
-            v.extend_from_slice(&kind.to_be_bytes());
-            v.extend_from_slice(&cookie.to_be_bytes());
-            v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            v.extend_from_slice(payload);
-        };
         v.extend_from_slice(&proto::NBDMAGIC.to_be_bytes());
         v.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
         v.extend_from_slice(&3u16.to_be_bytes());
@@ -452,11 +485,15 @@ mod tests {
         info.extend_from_slice(&1u16.to_be_bytes());
         rep(&mut v, proto::OPT_GO, proto::REP_INFO, &info);
         rep(&mut v, proto::OPT_GO, proto::REP_ACK, &[]);
+        v
+    }
+
+    /// What a good server sends for [`fuzz_session`]: greeting, the
+    /// option replies, block status for both contexts, a read reply.
+    fn good_transcript(size: u64) -> Vec<u8> {
+        let mut v = handshake(size);
         for (cookie, ctx) in [(1u64, 1u32), (2, 2)] {
-            let mut p = ctx.to_be_bytes().to_vec();
-            p.extend_from_slice(&(size as u32).to_be_bytes());
-            p.extend_from_slice(&0u32.to_be_bytes());
-            chunk(&mut v, true, proto::REPLY_TYPE_BLOCK_STATUS, cookie, &p);
+            status(&mut v, cookie, ctx, &[(size as u32, 0)]);
         }
         let mut d = 0u64.to_be_bytes().to_vec();
         d.extend_from_slice(&vec![0x5a; size as usize / 2]);
@@ -467,17 +504,41 @@ mod tests {
         v
     }
 
-    #[test]
-    fn a_good_server_session_reads_right() {
+    /// A client talking to a server that sends `transcript`.
+    fn client_for(transcript: Vec<u8>) -> (NbdClient, std::thread::JoinHandle<()>) {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let t = good_transcript(4096);
         let feeder = std::thread::spawn(move || {
             let mut theirs = theirs;
-            theirs.write_all(&t).unwrap();
+            theirs.write_all(&transcript).unwrap();
             let _ = std::io::copy(&mut theirs, &mut std::io::sink());
         });
         let contexts = ["base:allocation".to_string(), "qemu:dirty-bitmap:b".to_string()];
-        let mut c = NbdClient::over(Stream::Unix(ours), "e", &contexts).unwrap();
+        (NbdClient::over(Stream::Unix(ours), "e", &contexts).unwrap(), feeder)
+    }
+
+    /// Asked about some ranges only, the client walks each one and keeps
+    /// what the server says about it, nothing past it: servers may answer
+    /// with a last extent reaching beyond the request.
+    #[test]
+    fn ranges_where_in_keeps_to_the_ranges_asked_about() {
+        let mut t = handshake(1 << 20);
+        // 4096..12288: data for 16 KiB, past the end of the range.
+        status(&mut t, 1, 1, &[(16384, 0)]);
+        // 65536..73728: a hole, then data reaching past the range.
+        status(&mut t, 2, 1, &[(4096, proto::STATE_ZERO | proto::STATE_HOLE), (8192, 0)]);
+        // 1044480..the end: data up to the end of the export.
+        status(&mut t, 3, 1, &[(4096, 0)]);
+        let (mut c, feeder) = client_for(t);
+        let within = [4096..12288, 65536..73728, 1044480..(1 << 20) + 8192];
+        let got = c.ranges_where_in(1, &within, |f| f & proto::STATE_ZERO == 0).unwrap();
+        assert_eq!(got, vec![4096..12288, 69632..73728, 1044480..1 << 20]);
+        drop(c);
+        feeder.join().unwrap();
+    }
+
+    #[test]
+    fn a_good_server_session_reads_right() {
+        let (mut c, feeder) = client_for(good_transcript(4096));
         assert_eq!(c.size(), 4096);
         assert_eq!(c.context("base:allocation"), Some(1));
         assert_eq!(c.ranges_where(1, |f| f == 0).unwrap(), vec![0..4096]);
