@@ -350,16 +350,16 @@ struct Hashed {
     frames: Option<Vec<Option<frame::EncodedFrame>>>,
 }
 
-/// Hashes (and with `compress` also compresses) each batch on all cores,
-/// on a thread of its own: the next batch is hashed and compressed while
-/// the calling thread looks up, appends and records this one. With
-/// everything on one thread the cores sat idle during those steps, and a
-/// full ingest used two thirds of them.
 /// Batches of fewer blocks are hashed on the hasher thread alone. A tiny
 /// incremental reads one or two blocks: splitting them over the cores saves
 /// less than starting the pool of threads that would do it costs.
 const PARALLEL_HASH_MIN: usize = 4;
 
+/// Hashes (and with `compress` also compresses) each batch on all cores,
+/// on a thread of its own: the next batch is hashed and compressed while
+/// the calling thread looks up, appends and records this one. With
+/// everything on one thread the cores sat idle during those steps, and a
+/// full ingest used two thirds of them.
 fn spawn_hasher(
     rx: Receiver<std::io::Result<Batch>>,
     block_size: u32,
