@@ -575,3 +575,37 @@ fn qcow2_sources_on_file_systems_without_direct_io() {
         assert_same_file(&fuse.image(machine, &point_names(&repo, machine)[0], "sda"), &raw);
     }
 }
+
+/// A qcow2 source on a machine without qemu-nbd: one clear error naming
+/// the package, no second attempt through the page cache, and the
+/// repository unchanged.
+#[test]
+fn qcow2_source_without_qemu_nbd_is_refused_once() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let raw = s.path("disk.raw");
+    set_size(&raw, 8 << 20);
+    write_at(&raw, 1 << 20, &Rng::new(78).bytes(1 << 20));
+    let q = s.path("disk.qcow2");
+    sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&q)]);
+    let before = repo_state(&repo);
+    // qemu-img, which reads the image's header first, but no qemu-nbd.
+    let tools = s.path("tools");
+    fs::create_dir(&tools).unwrap();
+    let qemu_img = sh("sh", &["-c", "command -v qemu-img"]);
+    std::os::unix::fs::symlink(qemu_img.trim(), tools.join("qemu-img")).unwrap();
+    let o = std::process::Command::new(bin())
+        .args(["ingest", &p(&repo), "vm", "--disk", &format!("sda={}", p(&q)), "-vv"])
+        .env("PATH", &tools)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("cbtfs: error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("cannot run qemu-nbd") && errors[0].contains("qemu-utils"), "{stderr}");
+    assert!(!stderr.contains("trying through the page cache"), "a missing qemu-nbd is not tried twice:\n{stderr}");
+    assert_eq!(repo_state(&repo), before);
+}

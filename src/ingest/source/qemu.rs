@@ -77,6 +77,25 @@ impl Qcow2Info {
 }
 
 /// A qemu-nbd child serving one image; stopped and cleaned up on drop.
+/// Why a qemu-nbd did not start; only [`StartError::Exited`] is worth
+/// another try with other settings.
+enum StartError {
+    /// It could not be run at all (not installed, not executable).
+    Spawn(String),
+    /// It ran and exited, with its own message.
+    Exited(String),
+    /// It ran but did not serve in time.
+    Timeout(String),
+}
+
+impl StartError {
+    fn into_message(self) -> String {
+        match self {
+            StartError::Spawn(m) | StartError::Exited(m) | StartError::Timeout(m) => m,
+        }
+    }
+}
+
 pub struct QemuNbd {
     child: Child,
     dir: PathBuf,
@@ -94,17 +113,22 @@ impl QemuNbd {
     /// image as qcow2 took 3.96-5.15 s, and 3.28-3.66 s with direct I/O,
     /// in turn.
     pub fn start(image: &Path, bitmap: Option<&str>) -> Result<QemuNbd, String> {
-        Self::start_with(image, bitmap, true).or_else(|e| {
+        match Self::start_with(image, bitmap, true) {
+            Ok(server) => Ok(server),
             // Some file systems refuse O_DIRECT (ramfs, some network and
-            // FUSE file systems); any other error comes back the same way
-            // below.
-            log::debug!("qemu-nbd with direct I/O: {e}; trying through the page cache");
-            Self::start_with(image, bitmap, false)
-        })
+            // FUSE file systems): qemu-nbd then exits at once. Any other
+            // reason it exited comes back the same way below. A qemu-nbd
+            // that cannot be run, or does not answer, is not retried.
+            Err(StartError::Exited(e)) => {
+                log::debug!("qemu-nbd with direct I/O: {e}; trying through the page cache");
+                Self::start_with(image, bitmap, false).map_err(StartError::into_message)
+            }
+            Err(e) => Err(e.into_message()),
+        }
     }
 
-    fn start_with(image: &Path, bitmap: Option<&str>, direct: bool) -> Result<QemuNbd, String> {
-        let dir = private_dir().map_err(|e| format!("cannot create a directory for qemu-nbd's socket: {e}"))?;
+    fn start_with(image: &Path, bitmap: Option<&str>, direct: bool) -> Result<QemuNbd, StartError> {
+        let dir = private_dir().map_err(|e| StartError::Spawn(format!("cannot create a directory for qemu-nbd's socket: {e}")))?;
         let socket = dir.join("nbd.sock");
         let mut cmd = Command::new("qemu-nbd");
         // --persistent: it must not exit when the start-up probe below
@@ -122,7 +146,7 @@ impl QemuNbd {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(format!("cannot run qemu-nbd ({e}); qcow2 sources need qemu-utils"));
+                return Err(StartError::Spawn(format!("cannot run qemu-nbd ({e}); qcow2 sources need qemu-utils")));
             }
         };
         let mut server = QemuNbd { child, dir, socket };
@@ -136,10 +160,17 @@ impl QemuNbd {
                 if let Some(mut e) = server.child.stderr.take() {
                     let _ = std::io::Read::read_to_string(&mut e, &mut err);
                 }
-                return Err(format!("qemu-nbd could not serve {} ({status}): {}", image.display(), err.trim()));
+                return Err(StartError::Exited(format!(
+                    "qemu-nbd could not serve {} ({status}): {}",
+                    image.display(),
+                    err.trim()
+                )));
             }
             if started.elapsed() > START_TIMEOUT {
-                return Err(format!("qemu-nbd did not start serving {} within {START_TIMEOUT:?}", image.display()));
+                return Err(StartError::Timeout(format!(
+                    "qemu-nbd did not start serving {} within {START_TIMEOUT:?}",
+                    image.display()
+                )));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
