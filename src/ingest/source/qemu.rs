@@ -76,11 +76,11 @@ impl Qcow2Info {
     }
 }
 
-/// A qemu-nbd child serving one image; stopped and cleaned up on drop.
 /// Why a qemu-nbd did not start; only [`StartError::Exited`] is worth
 /// another try with other settings.
 enum StartError {
-    /// It could not be run at all (not installed, not executable).
+    /// It could not be started: not installed, not executable, or no
+    /// place for its socket.
     Spawn(String),
     /// It ran and exited, with its own message.
     Exited(String),
@@ -96,6 +96,7 @@ impl StartError {
     }
 }
 
+/// A qemu-nbd child serving one image; stopped and cleaned up on drop.
 pub struct QemuNbd {
     child: Child,
     dir: PathBuf,
