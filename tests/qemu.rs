@@ -89,6 +89,17 @@ fn through_qemu<R>(image: &Path, s: &Scratch, tag: &str, f: impl FnOnce(&Path) -
     r
 }
 
+/// `disk.raw` in `s`, `size` bytes with `len` random bytes (seed `seed`)
+/// at `at`, and its copy `disk.qcow2`.
+fn raw_and_qcow2(s: &Scratch, size: u64, at: u64, len: usize, seed: u64) -> (PathBuf, PathBuf) {
+    let raw = s.path("disk.raw");
+    set_size(&raw, size);
+    write_at(&raw, at, &Rng::new(seed).bytes(len));
+    let q = s.path("disk.qcow2");
+    sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&q)]);
+    (raw, q)
+}
+
 fn to_raw(image: &Path, raw: &Path) {
     sh("qemu-img", &["convert", "-f", "qcow2", "-O", "raw", &p(image), &p(raw)]);
 }
@@ -478,11 +489,7 @@ fn tcp_export_reads_back() {
     let s = Scratch::new();
     let repo = s.repo();
     init_repo(&repo, None);
-    let raw = s.path("disk.raw");
-    set_size(&raw, 16 << 20);
-    write_at(&raw, 5 << 20, &Rng::new(3).bytes(3 << 20));
-    let q = s.path("disk.qcow2");
-    sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&q)]);
+    let (raw, q) = raw_and_qcow2(&s, 16 << 20, 5 << 20, 3 << 20, 3);
     // A free port, then qemu-nbd on it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
     let _server = Daemon::spawn(
@@ -555,11 +562,7 @@ fn qcow2_sources_on_file_systems_without_direct_io() {
     let s = Scratch::new();
     let repo = s.repo();
     init_repo(&repo, None);
-    let raw = s.path("disk.raw");
-    set_size(&raw, 32 << 20);
-    write_at(&raw, 3 << 20, &Rng::new(77).bytes(5 << 20));
-    let on_disk = s.path("disk.qcow2");
-    sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&on_disk)]);
+    let (raw, on_disk) = raw_and_qcow2(&s, 32 << 20, 3 << 20, 5 << 20, 77);
     let small = LoopMount::of_type("ramfs", "mode=0700", &s.mnt("ramfs"));
     let in_memory = small.mp.join("disk.qcow2");
     fs::copy(&on_disk, &in_memory).unwrap();
@@ -584,11 +587,7 @@ fn qcow2_source_without_qemu_nbd_is_refused_once() {
     let s = Scratch::new();
     let repo = s.repo();
     init_repo(&repo, None);
-    let raw = s.path("disk.raw");
-    set_size(&raw, 8 << 20);
-    write_at(&raw, 1 << 20, &Rng::new(78).bytes(1 << 20));
-    let q = s.path("disk.qcow2");
-    sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&q)]);
+    let (_, q) = raw_and_qcow2(&s, 8 << 20, 1 << 20, 1 << 20, 78);
     let before = repo_state(&repo);
     // qemu-img, which reads the image's header first, but no qemu-nbd.
     let tools = s.path("tools");
