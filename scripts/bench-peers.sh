@@ -47,10 +47,10 @@
 # incrementals by map (1-4 extents of 4-32 KiB each) up to depths A and B
 # (default 100 and 1000); the newest point is read cold at depth 1, A and B,
 # and point B/2 at depth B. The machine's speed drifts from minute to
-# minute, so the two ratio goals are also measured in turn: cbtfs and the
-# ceiling read alternately, and depth 1 (a copy kept) and depth B read
-# alternately, five pairs each; their verdicts use the median of the pairs'
-# ratios. A 1 TiB sparse disk with 4 MiB of data checks
+# minute, so the ratio goals are also measured in turn: cbtfs and the
+# ceiling read alternately, and depth 1 (a copy kept) read alternately with
+# depth B's newest point and with its point B/2, five pairs each; their
+# verdicts use the median of the pairs' ratios. A 1 TiB sparse disk with 4 MiB of data checks
 # the cost of a no-change incremental, with an empty map and without a map.
 #
 # Prints the machine, progress, and one markdown table with PASS/FAIL
