@@ -45,6 +45,6 @@ impl Chain {
 
     /// [`Chain::locate`] for each of `blocks`, on one pooled connection.
     pub fn locate_each(&self, lineage: LineageId, seq: i64, blocks: impl Iterator<Item = u64>) -> Result<Vec<Location>> {
-        self.with_index(|idx| blocks.map(|b| Ok(idx.locate(lineage, seq, BlockNo(b))?)).collect())
+        self.with_index(|idx| Ok(idx.locate_each(lineage, seq, blocks)?))
     }
 }

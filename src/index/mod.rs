@@ -661,6 +661,29 @@ impl Index {
         Ok(out)
     }
 
+    /// [`Index::locate`] for each of `blocks`, in one read transaction.
+    /// Each statement outside a transaction starts and ends one of its own,
+    /// taking and dropping the log's shared-memory lock with `fcntl` calls:
+    /// for the 16 lookups of a megabyte of 64 KiB blocks, that was two
+    /// thirds of the lookups' CPU time in a cold sequential read. The
+    /// transaction also reads all of them from one snapshot. Inside a
+    /// transaction of the caller's, the lookups simply join it.
+    pub fn locate_each(
+        &self,
+        lineage: LineageId,
+        seq: i64,
+        blocks: impl Iterator<Item = u64>,
+    ) -> Result<Vec<Option<(BlockId, FrameLoc, Digest)>>> {
+        let tx = if self.conn.is_autocommit() { Some(self.conn.unchecked_transaction()?) } else { None };
+        let found = blocks.map(|b| self.locate(lineage, seq, BlockNo(b))).collect::<Result<Vec<_>>>()?;
+        // Nothing was written: the end of the transaction only drops its
+        // read lock. On an error above, dropping it rolls back instead.
+        if let Some(tx) = tx {
+            tx.commit()?;
+        }
+        Ok(found)
+    }
+
     /// Where the bytes of `block` of `lineage` at point `seq` live; `None`
     /// when the block is all zeros. One index seek, independent of depth.
     pub fn locate(&self, lineage: LineageId, seq: i64, block: BlockNo) -> Result<Option<(BlockId, FrameLoc, Digest)>> {
@@ -852,5 +875,47 @@ mod tests {
         idx.insert_block(&Digest::of(b"twin"), &twin).unwrap();
         let twins = all(1).iter().filter(|b| b.loc.pack.0 == 2 && b.loc.offset == 10).count();
         assert_eq!(twins, 2);
+    }
+
+    #[test]
+    fn locate_each_finds_what_locate_finds() {
+        let d = tempfile::tempdir().unwrap();
+        let idx = Index::create(d.path(), 65536, 16 << 20, 0).unwrap();
+        let m = idx.insert_machine("vm").unwrap();
+        let l = idx.insert_lineage(m, "sda").unwrap();
+        idx.insert_pack(PackId(1), 0, 0).unwrap();
+        let block = |i: u64| {
+            let loc = FrameLoc { pack: PackId(1), offset: i * 100, stored_len: 60, raw_len: 65536 };
+            idx.insert_block(&Digest::of(&i.to_le_bytes()), &loc).unwrap()
+        };
+        let (a, b, c, e) = (block(0), block(1), block(2), block(3));
+        // Block 0: stored at 1, zeroed at 3. Block 1: stored at 2.
+        // Block 2: never. Block 3: stored at 1, changed at 5.
+        for (no, seq, id) in [(0, 1, Some(a)), (0, 3, None), (1, 2, Some(b)), (3, 1, Some(c)), (3, 5, Some(e))] {
+            idx.insert_version(l, BlockNo(no), seq, id).unwrap();
+        }
+        let id_of = |found: Vec<Option<(BlockId, FrameLoc, Digest)>>| -> Vec<Option<i64>> {
+            found.into_iter().map(|f| f.map(|(id, _, _)| id.0)).collect()
+        };
+        let want: [(i64, [Option<BlockId>; 4]); 5] = [
+            (1, [Some(a), None, None, Some(c)]),
+            (2, [Some(a), Some(b), None, Some(c)]),
+            (3, [None, Some(b), None, Some(c)]),
+            (4, [None, Some(b), None, Some(c)]),
+            (5, [None, Some(b), None, Some(e)]),
+        ];
+        for (seq, w) in want {
+            let each = id_of(idx.locate_each(l, seq, 0..4).unwrap());
+            let one: Vec<_> = (0..4).map(|n| idx.locate(l, seq, BlockNo(n)).unwrap().map(|(id, _, _)| id.0)).collect();
+            assert_eq!(each, w.iter().map(|b| b.map(|b| b.0)).collect::<Vec<_>>(), "point {seq}");
+            assert_eq!(each, one, "point {seq}");
+        }
+        // The lookups' own transaction has ended; inside a caller's, they
+        // join it and leave it open.
+        assert!(idx.conn.is_autocommit());
+        idx.conn.execute_batch("BEGIN").unwrap();
+        assert_eq!(id_of(idx.locate_each(l, 5, 3..4).unwrap()), vec![Some(e.0)]);
+        assert!(!idx.conn.is_autocommit());
+        idx.conn.execute_batch("COMMIT").unwrap();
     }
 }
