@@ -12,6 +12,7 @@ use std::sync::mpsc::sync_channel;
 
 use crate::error::{Error, Result};
 use crate::image::ImageReader;
+use crate::writeback::Writeback;
 use crate::zeros::is_zero;
 
 /// Bytes read and written per step.
@@ -85,13 +86,18 @@ pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl 
     // Writing copies every byte into the page cache, costing about as much
     // as reading it out of the packs; a thread of its own overlaps the two.
     // Buffers written go back to the reader, which reads over their old
-    // content (a new buffer would be zeroed first, for every 4 MiB).
+    // content (a new buffer would be zeroed first, for every 4 MiB). The
+    // disk writes overlap the reads too (see `writeback`): left to the
+    // kernel, they all waited for the final fsync.
     let (tx, rx) = sync_channel::<(u64, Vec<u8>, usize)>(2);
     let (back_tx, back_rx) = sync_channel::<Vec<u8>>(4);
     let writer = std::thread::spawn(move || -> std::io::Result<(File, u64)> {
         let mut data_bytes = 0;
+        let mut writeback = Writeback::new(0);
         for (offset, data, len) in rx {
-            data_bytes += write_nonzero(&file, offset, &data[..len])?;
+            let n = write_nonzero(&file, offset, &data[..len])?;
+            data_bytes += n;
+            writeback.wrote(&file, n, offset + len as u64);
             let _ = back_tx.try_send(data);
         }
         Ok((file, data_bytes))

@@ -31,6 +31,7 @@ pub mod retention;
 pub mod span;
 pub mod stats;
 pub mod verify;
+pub mod writeback;
 pub mod zeros;
 
 pub use error::{Error, Result};

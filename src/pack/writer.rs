@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 
 use crate::format::{PACK_HEADER_LEN, PACK_MAGIC};
 use crate::ids::PackId;
+use crate::writeback::Writeback;
 
 use super::pack_path;
 
@@ -60,28 +61,20 @@ impl Undo {
     }
 }
 
-/// Bytes written between two requests to start writeback.
-const WRITEBACK_STEP: u64 = 16 << 20;
-
 /// Writes frames in order, from `start`, on a thread of its own; returns
-/// the file.
-///
-/// Every [`WRITEBACK_STEP`] it asks the kernel to start writing what it
-/// has so far (`POSIX_FADV_DONTNEED` starts writeback of dirty pages and
-/// drops clean ones): left alone, the kernel starts only once a tenth of
-/// memory is dirty, so a full backup's whole pack waited for the final
-/// fsync, a quarter of the ingest time on the benchmark machine. The
-/// pages written are not needed again by the ingest either.
+/// the file. Writeback starts as it goes (see `writeback`): left to the
+/// kernel, a full backup's whole pack waited for the final fsync, a
+/// quarter of the ingest time on the benchmark machine.
 fn spawn_writer(
     file: File,
     start: u64,
     header: Option<[u8; PACK_HEADER_LEN]>,
 ) -> (SyncSender<Vec<u8>>, JoinHandle<std::io::Result<File>>) {
-    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
     let (tx, rx) = sync_channel::<Vec<u8>>(QUEUED_FRAMES);
     let thread = std::thread::spawn(move || {
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        let (mut written, mut flushing) = (start, start);
+        let mut written = start;
+        let mut writeback = Writeback::new(start);
         if let Some(h) = header {
             out.write_all(&h)?;
             written += h.len() as u64;
@@ -89,16 +82,8 @@ fn spawn_writer(
         for frame in rx {
             out.write_all(&frame)?;
             written += frame.len() as u64;
-            if written - flushing >= WRITEBACK_STEP {
-                let in_file = written - out.buffer().len() as u64;
-                let _ = posix_fadvise(
-                    out.get_ref(),
-                    flushing as i64,
-                    (in_file - flushing) as i64,
-                    PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-                );
-                flushing = in_file;
-            }
+            // Up to what the buffer has passed on to the file.
+            writeback.wrote(out.get_ref(), frame.len() as u64, written - out.buffer().len() as u64);
         }
         out.into_inner().map_err(|e| e.into_error())
     });
