@@ -13,7 +13,8 @@ fi
 
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+# mkfs.ext4 for sample disks; filefrag to see writeback happen
+command -v mkfs.ext4 >/dev/null && command -v filefrag >/dev/null || need+=(e2fsprogs)
 command -v losetup >/dev/null || need+=(mount)
 command -v mountpoint >/dev/null || need+=(util-linux)
 command -v python3 >/dev/null || need+=(python3)
