@@ -7,8 +7,9 @@
 //! and then all of it, long after its reads have finished: the two never
 //! overlap. Asking for writeback every few megabytes makes them overlap.
 //! `POSIX_FADV_DONTNEED` starts writeback of the dirty pages of a range and
-//! drops its clean ones; the writers here do not read their pages again,
-//! so they leave the page cache to other work as well.
+//! drops its clean ones. A range is asked for just after it was written,
+//! when nearly all its pages are still dirty, so they mostly stay cached:
+//! this starts the writes early; it does not keep the page cache free.
 
 use std::fs::File;
 use std::ops::Range;
