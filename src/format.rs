@@ -14,9 +14,12 @@ pub const INDEX_FILE: &str = "index.sqlite";
 pub const PACK_DIR: &str = "packs";
 /// Lock file taken exclusively by writers (ingest).
 pub const LOCK_FILE: &str = "lock";
-/// Extension of pack files; the stem is the pack id as 16 hex digits.
-/// flock(2)ed shared by mounts and verify, exclusively by forget and gc.
+/// flock(2)ed shared by mounts, exports and verify, exclusively by forget
+/// and gc; made by `init` (and by any command that can, in repositories
+/// from before), so that users who may only read the repository can lock
+/// it too.
 pub const READERS_FILE: &str = "readers";
+/// Extension of pack files; the stem is the pack id as 16 hex digits.
 pub const PACK_EXT: &str = "pack";
 
 /// Repository format version, stored in `repo_meta.format_version`.

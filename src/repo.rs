@@ -57,7 +57,7 @@ fn left_by_init(e: &std::fs::DirEntry) -> bool {
     let Some(name) = name.to_str() else { return false };
     match name {
         PACK_DIR => std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none()),
-        LOCK_FILE => true,
+        LOCK_FILE | READERS_FILE => true,
         _ => name.starts_with(crate::index::INDEX_BUILDING),
     }
 }
@@ -94,6 +94,7 @@ impl Repo {
             _ => {}
         }
         File::create(path.join(LOCK_FILE)).map_err(mkerr)?;
+        File::create(path.join(READERS_FILE)).map_err(mkerr)?;
         // The index is created last, whole or not at all: its presence is
         // what makes the directory a repository.
         let index = Index::create(path, block_size, pack_size, now_unix())?;
@@ -111,7 +112,12 @@ impl Repo {
         let index = Index::open(path)?;
         let block_size = index.block_size()?;
         let pack_size = index.pack_size()?;
-        Ok(Repo { path: path.to_path_buf(), index, block_size, pack_size })
+        let repo = Repo { path: path.to_path_buf(), index, block_size, pack_size };
+        // Made where it can be (repositories from before `init` made it),
+        // so that users who may only read the repository can take the
+        // readers' lock; see `lock_readers_shared`.
+        let _ = repo.readers_file();
+        Ok(repo)
     }
 
     /// Takes the writer lock without waiting.
@@ -143,16 +149,28 @@ impl Repo {
         OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.path.join(READERS_FILE))
     }
 
-    /// Shared reader lock, for mounts and verify. On storage that cannot be
-    /// written (no lock file can be made), none is needed: nothing can
-    /// change the repository there.
+    /// Shared reader lock, for mounts, exports and verify. It needs no
+    /// write access (flock(2) on a file opened for reading), so a user who
+    /// may only read the repository holds it too, and its owner cannot
+    /// prune what that user's mount shows. Writers create the lock file;
+    /// only on storage that nobody can write may it be missing, and there
+    /// nothing can be pruned.
     pub fn lock_readers_shared(&self) -> Result<ReaderLock> {
-        let file = match self.readers_file() {
+        let path = self.path.join(READERS_FILE);
+        let file = match self.readers_file().or_else(|_| File::open(&path)) {
             Ok(f) => f,
-            Err(_) if nix::unistd::access(&self.path, nix::unistd::AccessFlags::W_OK).is_err() => {
+            Err(_) if nix::unistd::access(&self.path, nix::unistd::AccessFlags::W_OK) == Err(nix::errno::Errno::EROFS) => {
                 return Ok(ReaderLock { _file: None });
             }
-            Err(e) => return Err(Error::io(format!("cannot open {}", self.path.join(READERS_FILE).display()), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Input(format!(
+                    "cannot lock repository {} for reading: {} is missing and this user cannot create it; run this as a user who can write the repository, or have one run `cbtfs list {}` once",
+                    self.path.display(),
+                    path.display(),
+                    self.path.display()
+                )));
+            }
+            Err(e) => return Err(Error::io(format!("cannot open {}", path.display()), e)),
         };
         match file.try_lock_shared() {
             Ok(()) => Ok(ReaderLock { _file: Some(file) }),

@@ -205,3 +205,129 @@ fn sigterm_with_open_file() {
     assert!(!is_fuse_mounted(&mp), "still mounted after SIGTERM");
     drop(held);
 }
+
+/// Runs `prog ARGS` as the user nobody, who may read the repositories of
+/// these tests but not write them.
+fn as_nobody(prog: &str, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", prog]).args(args);
+    c
+}
+
+/// A user who may read the repository but not write it (here: nobody)
+/// mounts it while its owner adds points: the mount shows the new points,
+/// an old point keeps its bytes while the owner's ingests rewrite the
+/// index beneath it, and the owner cannot forget points the mount shows.
+#[test]
+fn mount_by_a_user_who_cannot_write_follows_the_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // Distributions ship /dev/fuse open to every user; some machines do not.
+    let fuse_dev = fs::metadata("/dev/fuse").unwrap().permissions();
+    if fuse_dev.mode() & 0o006 != 0o006 {
+        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let mut rng = Rng::new(0x0b0d);
+    let src = s.path("sda.raw");
+    // 1024 blocks: enough index pages for the owner's commits to move rows
+    // between them.
+    write_at(&src, 0, &rng.bytes(64 * MIB as usize));
+    let v1 = s.path("v1.raw");
+    save_copy(&src, &v1);
+    Ingest::new(&repo, "vm1").disk("sda", &src).run().ok();
+    let p1 = latest_point(&repo, "vm1");
+
+    let mp = s.mnt("nobody");
+    fs::create_dir_all(&mp).unwrap();
+    nix::unistd::chown(&mp, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let log = s.path("nobody-mount.stderr");
+    let mut mount = as_nobody(bin(), &["mount", &p(&repo), &p(&mp)])
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mounted = wait_until(Duration::from_secs(10), || is_fuse_mounted(&mp));
+    let cmp_as_nobody = |img: &std::path::Path, want: &std::path::Path| {
+        let out = as_nobody("cmp", &[&p(img), &p(want)]).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let ls_as_nobody = |dir: &std::path::Path| {
+        let out = as_nobody("ls", &[&p(dir)]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    if mounted {
+        let mut results = Vec::new();
+        let img1 = mp.join("vm1").join(&p1).join("sda.img");
+        results.push(("point 1 before", cmp_as_nobody(&img1, &v1)));
+        for _ in 0..5 {
+            for _ in 0..300 {
+                let at = rng.below(1024) * 65536;
+                write_at(&src, at, &rng.bytes(65536));
+            }
+            Ingest::new(&repo, "vm1").disk("sda", &src).run().ok();
+        }
+        let newest = latest_point(&repo, "vm1");
+        let listed = ls_as_nobody(&mp.join("vm1"));
+        results.push(("point 1 after", cmp_as_nobody(&img1, &v1)));
+        results.push(("newest point", cmp_as_nobody(&mp.join("vm1").join(&newest).join("sda.img"), &src)));
+        let forget = cbtfs(&["forget", &p(&repo), "vm1", &p1]);
+        let _ = std::process::Command::new("umount").arg(&mp).status();
+        let _ = mount.wait();
+        for (what, (same, out)) in results {
+            assert!(same, "{what}: the mount must read the bytes that were backed up: {out}");
+        }
+        assert!(listed.contains(&newest), "the mount must show the owner's newest point {newest}: {listed:?}");
+        assert_eq!(forget.code, Some(4), "forget must wait for the mount: {}", forget.describe());
+        assert_eq!(points(&repo, "vm1").len(), 6, "nothing forgotten");
+    } else {
+        let _ = mount.kill();
+        let _ = mount.wait();
+        panic!("nobody's mount did not start: {}", fs::read_to_string(&log).unwrap_or_default());
+    }
+}
+
+/// In a repository from before writers left the index's log files and the
+/// readers' lock file behind, a user who cannot write it gets one line
+/// saying what to do, not a reader that could miss the owner's commits;
+/// once the owner has run `cbtfs list`, that user can read it.
+#[test]
+fn a_user_who_cannot_write_an_older_repository_is_told_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let src = s.path("sda.raw");
+    write_at(&src, 0, &Rng::new(0x01d).bytes(MIB as usize));
+    Ingest::new(&repo, "vm1").disk("sda", &src).run().ok();
+    let run = |args: &[&str]| {
+        let o = as_nobody(bin(), args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let r = p(&repo);
+
+    for f in ["index.sqlite-wal", "index.sqlite-shm"] {
+        fs::remove_file(repo.join(f)).unwrap();
+    }
+    let (code, _, err) = run(&["list", &r]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("not by this user"), "{err}");
+    assert!(err.contains(&format!("cbtfs list {r}")), "{err}");
+
+    cbtfs(&["list", &r]).ok();
+    fs::remove_file(repo.join("readers")).unwrap();
+    let (code, _, err) = run(&["verify", &r]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("readers") && err.contains(&format!("cbtfs list {r}")), "{err}");
+
+    cbtfs(&["list", &r]).ok();
+    let (code, out, err) = run(&["list", &r, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"vm1\""), "{out}");
+    let (code, _, err) = run(&["verify", &r]);
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -40,6 +40,8 @@ pub enum IndexError {
     BadMeta { path: PathBuf, what: String },
     #[error("repository {0} cannot be written here and its index has changes not yet folded in (index.sqlite-wal, left by a crash); open it once where it can be written (e.g. with `cbtfs list`), or copy it to writable storage")]
     ReadOnlyWithLog(PathBuf),
+    #[error("repository {0} can be changed by others but not by this user, and reading it alongside them needs index.sqlite-wal and index.sqlite-shm, which only they can create; run this as a user who can write the repository, or have one run `cbtfs list {0}` once")]
+    NotShared(PathBuf),
     #[error("the index {path} has schema version {found} and needs an upgrade to {known}, which needs write access; open it once where it can be written")]
     ReadOnlyOld { path: PathBuf, found: u32, known: u32 },
     #[error(transparent)]
@@ -185,8 +187,10 @@ impl Index {
         if !path.is_file() {
             return Err(IndexError::NotARepo(repo.to_path_buf()));
         }
-        let writable = nix::unistd::access(repo, nix::unistd::AccessFlags::W_OK).is_ok();
-        let idx = if writable { Index::open_read_write(path)? } else { Index::open_read_only(repo, path)? };
+        let idx = match nix::unistd::access(repo, nix::unistd::AccessFlags::W_OK) {
+            Ok(()) => Index::open_read_write(path)?,
+            Err(e) => Index::open_read_only(repo, path, e == nix::errno::Errno::EROFS)?,
+        };
         let fv: u32 = idx.meta_u64("format_version")? as u32;
         if fv > crate::format::REPO_FORMAT_VERSION {
             return Err(IndexError::BadMeta {
@@ -202,21 +206,55 @@ impl Index {
         let mut conn =
             Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(open)?;
         set_pragmas(&conn).map_err(open)?;
+        // Leave the log and its shared-memory file in place when the last
+        // connection closes, instead of folding the log in and deleting
+        // both: a user who may read the repository but not write it can
+        // follow a writer only through them (see `open_read_only`).
+        // Ingests fold their log in as they finish, so it stays empty.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(open)?;
         migrate::migrate(&mut conn)?;
         Ok(Index { conn, path })
     }
 
-    /// WAL mode needs a writable directory for its shared-memory file, so
-    /// the index is opened as immutable instead: nothing can change it on
-    /// storage nobody can write. That would hide commits still in the log
-    /// (`index.sqlite-wal`), so a non-empty log is refused, not ignored;
-    /// ingests fold their log into the index as they finish, so this only
-    /// happens after a crash.
-    fn open_read_only(repo: &Path, path: PathBuf) -> Result<Index> {
+    /// Opens the index for a process that cannot write the repository.
+    ///
+    /// Others may still write it: the repository's owner while another
+    /// user mounts it, or a server writing a repository it also exports
+    /// read-only. So the index is first opened as SQLite's read-only
+    /// reader, which follows commits through the log and keeps writers
+    /// from folding the log into pages it is reading. That needs the log
+    /// and its shared-memory file to exist, since this process cannot
+    /// create them; writers leave both behind (see `open_read_write`).
+    ///
+    /// Without them, an index on storage nobody can write (`read_only_storage`:
+    /// a backup disk attached read-only, a read-only snapshot) cannot
+    /// change, and is opened as immutable: no locks, no log. That would
+    /// hide commits still in the log, so a non-empty log is refused, not
+    /// ignored. Anywhere else, an immutable reader would keep pages a
+    /// writer has since replaced and read blocks from the wrong places, so
+    /// opening is refused with what to do.
+    fn open_read_only(repo: &Path, path: PathBuf, read_only_storage: bool) -> Result<Index> {
+        let open = |e| IndexError::Open { path: path.clone(), source: e };
+        match Index::open_read_only_with(&path, "mode=ro") {
+            Ok(conn) => return Index::checked_read_only(conn, path),
+            Err(e) if !read_only_storage => {
+                log::debug!("cannot open {} as a read-only reader of its log: {e}", path.display());
+                return Err(IndexError::NotShared(repo.to_path_buf()));
+            }
+            Err(e) => log::debug!("{}: no log to follow ({e}); nothing can change it here", path.display()),
+        }
         let wal = repo.join(format!("{}-wal", crate::format::INDEX_FILE));
         if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
             return Err(IndexError::ReadOnlyWithLog(repo.to_path_buf()));
         }
+        let conn = Index::open_read_only_with(&path, "immutable=1").map_err(open)?;
+        Index::checked_read_only(conn, path)
+    }
+
+    /// A read-only connection to `path` with the URI parameter `param`,
+    /// once it has read the schema version: SQLite opens lazily, so a
+    /// reader that cannot work fails only at its first read.
+    fn open_read_only_with(path: &Path, param: &str) -> rusqlite::Result<Connection> {
         // A URI, with the characters URIs give a meaning escaped.
         let mut uri = String::from("file:");
         for c in path.to_string_lossy().chars() {
@@ -227,11 +265,19 @@ impl Index {
                 c => uri.push(c),
             }
         }
-        uri.push_str("?immutable=1");
+        uri.push('?');
+        uri.push_str(param);
+        let conn = Connection::open_with_flags(&uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, u32>(0))?;
+        Ok(conn)
+    }
+
+    /// Refuses a read-only index whose schema this cbtfs does not match:
+    /// an older one needs its upgrade, which needs write access.
+    fn checked_read_only(conn: Connection, path: PathBuf) -> Result<Index> {
         let open = |e| IndexError::Open { path: path.clone(), source: e };
-        let conn = Connection::open_with_flags(&uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)
-            .map_err(open)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open)?;
         let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open)?;
         if version < migrate::latest_version() {
             return Err(IndexError::ReadOnlyOld { path, found: version, known: migrate::latest_version() });
