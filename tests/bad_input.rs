@@ -326,7 +326,7 @@ fn usage_errors_exit_2() {
 }
 
 /// `init` killed part way leaves what it made so far (the pack directory,
-/// the lock file, the index still under its temporary name), never an
+/// the lock files, the index still under its temporary name), never an
 /// index without its settings. Such a directory is not a repository, and
 /// `init` run again takes it over; anything else in a directory still
 /// makes `init` refuse it, unchanged.
@@ -336,6 +336,7 @@ fn init_finishes_what_an_interrupted_init_left() {
     let left = s.path("left-by-init");
     fs::create_dir_all(left.join("packs")).unwrap();
     fs::write(left.join("lock"), b"").unwrap();
+    fs::write(left.join("readers"), b"").unwrap();
     fs::write(left.join("index.sqlite.init"), b"half a database").unwrap();
     fs::write(left.join("index.sqlite.init-wal"), b"half a log").unwrap();
     // Not a repository.
@@ -346,7 +347,7 @@ fn init_finishes_what_an_interrupted_init_left() {
     // init takes it over: a working repository, nothing left of the attempt.
     let out = cbtfs(&["init", &p(&left)]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
-    assert_eq!(dir_names(&left), ["index.sqlite", "lock", "packs"]);
+    assert_eq!(dir_names(&left), ["index.sqlite", "index.sqlite-shm", "index.sqlite-wal", "lock", "packs", "readers"]);
     let out = cbtfs(&["list", &p(&left), "--json"]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
 
