@@ -8,7 +8,10 @@
 //! rows; old pack files are deleted only after that commit. Killed before
 //! the commit, the new packs are leftovers; killed after it, the old ones
 //! are; the next writer deletes either. Every point reads the same bytes
-//! at every moment.
+//! at every moment. gc also cuts the bytes a killed ingest appended past
+//! any pack's committed length: an ingest does so only for the newest
+//! pack, the one it appends to, and once a newer pack exists nothing else
+//! would.
 
 use crate::error::{Error, Result};
 use crate::format::{FRAME_HEADER_LEN, PACK_HEADER_LEN};
@@ -48,7 +51,10 @@ pub fn gc(
     dry_run: bool,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<GcReport> {
-    repo.remove_orphan_packs(lock)?;
+    if !dry_run {
+        repo.remove_orphan_packs(lock)?;
+        repo.cut_uncommitted_tails(lock)?;
+    }
     let repo_path = repo.path.clone();
     let pack_size = repo.pack_size;
     let conn = repo.index.conn();

@@ -225,4 +225,30 @@ impl Repo {
         }
         Ok(leftovers.len() as u64)
     }
+
+    /// Cuts every pack back to the length the index records: bytes past
+    /// it are the appends of an ingest that was killed or failed, which no
+    /// point references. Returns the bytes cut. Packs shorter than
+    /// recorded are damage, left for `verify` to report.
+    pub fn cut_uncommitted_tails(&self, _lock: &WriterLock) -> Result<u64> {
+        let mut cut = 0;
+        for (id, size) in self.index.pack_sizes()? {
+            let path = crate::pack::pack_path(&self.path, id);
+            let len = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+            };
+            if len > size {
+                log::info!("cutting {} uncommitted bytes off pack {}", len - size, path.display());
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(size))
+                    .map_err(|e| Error::io(format!("cannot cut {} back to {size} bytes", path.display()), e))?;
+                cut += len - size;
+            }
+        }
+        Ok(cut)
+    }
 }

@@ -36,8 +36,8 @@ pub struct VerifyReport {
     /// next ingest removes them. Not damage.
     pub leftover_packs: Vec<String>,
     /// Packs longer than the index records: the uncommitted appends of an
-    /// interrupted ingest. Harmless; the next ingest cuts them off. Not
-    /// damage.
+    /// interrupted ingest. Harmless; the next ingest that appends to the
+    /// pack cuts them off, and gc does for every pack. Not damage.
     pub uncommitted_tails: Vec<PackTail>,
 }
 

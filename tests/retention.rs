@@ -7,6 +7,8 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
@@ -323,4 +325,46 @@ fn stats_report_sizes_ratios_and_garbage() {
     assert_eq!((st["garbage_bytes"].as_u64(), st["unused_blocks"].as_u64()), (Some(0), Some(0)), "{st}");
     let out = cbtfs(&["stats", &p(&repo)]).ok();
     assert!(out.stdout.contains("dedup ratio") && out.stdout.contains("compression ratio"), "{}", out.describe());
+}
+
+/// What killed writers leave (a pack the index does not know, bytes past
+/// a pack's committed end) is removed by gc, even from a pack no ingest
+/// appends to any more, and a dry run leaves it all as it is.
+#[test]
+fn gc_removes_what_killed_writers_left_but_a_dry_run_does_not() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    let mut states = build_chain(&s, &repo, 8, 24 << 20, 0xd7);
+    let packs = pack_paths(&repo);
+    assert!(packs.len() >= 2, "the test needs an older pack than the newest: {packs:?}");
+    let oldest = packs[0].clone();
+    let committed = fs::metadata(&oldest).unwrap().len();
+    let tail = Rng::new(0xd8).bytes(70_000);
+    OpenOptions::new().append(true).open(&oldest).unwrap().write_all(&tail).unwrap();
+    let leftover = repo.join("packs").join("00000000000fffff.pack");
+    fs::copy(&oldest, &leftover).unwrap();
+    let v = json(cbtfs(&["verify", &p(&repo), "--json"]));
+    assert_eq!(v["uncommitted_tails"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["leftover_packs"].as_array().unwrap().len(), 1, "{v}");
+
+    cbtfs(&["gc", &p(&repo), "--dry-run"]).ok();
+    assert!(leftover.exists(), "a dry run must not remove a leftover pack");
+    assert_eq!(fs::metadata(&oldest).unwrap().len(), committed + tail.len() as u64, "a dry run must not cut a pack");
+
+    // A new point appends to the newest pack, not to the oldest.
+    let disk = s.path("disk.raw");
+    write_at(&disk, 4096, &Rng::new(0xd9).bytes(8192));
+    Ingest::new(&repo, "vm1").disk("sda", &disk).run().ok();
+    let state = s.path("state9.raw");
+    save_copy(&disk, &state);
+    states.insert(9, state);
+    assert_eq!(fs::metadata(&oldest).unwrap().len(), committed + tail.len() as u64, "the ingest left the oldest pack alone");
+
+    cbtfs(&["gc", &p(&repo)]).ok();
+    assert!(!leftover.exists(), "gc removes the leftover pack");
+    assert_eq!(fs::metadata(&oldest).unwrap().len(), committed, "gc cuts the uncommitted tail");
+    let v = verify_ok(&repo);
+    assert_eq!(v["uncommitted_tails"], serde_json::json!([]), "{v}");
+    assert_eq!(v["leftover_packs"], serde_json::json!([]), "{v}");
+    assert_points_exact(&repo, &s, "after", &states);
 }

@@ -38,7 +38,7 @@ pub fn run(a: Args) -> super::Outcome {
             eprintln!("note: pack {name} is not in the index (left by an interrupted ingest, or being written now); the next ingest removes it");
         }
         for t in r.uncommitted_tails.iter().filter(|_| !super::quiet()) {
-            eprintln!("note: pack {} has {} bytes past its committed end (left by an interrupted ingest, or being written now); the next ingest cuts them off", t.pack, t.bytes);
+            eprintln!("note: pack {} has {} bytes past its committed end (left by an interrupted ingest, or being written now); `cbtfs gc` cuts them off, as does the next ingest that appends to that pack", t.pack, t.bytes);
         }
         if r.ok {
             println!("ok: {} blocks ({} bytes) checked", r.blocks_checked, r.bytes_checked);
