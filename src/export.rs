@@ -194,10 +194,31 @@ fn write_nonzero(file: &File, offset: u64, data: &[u8]) -> std::io::Result<u64> 
 }
 
 /// Renames `tmp` to `out` without replacing anything that appeared there
-/// meanwhile, and makes the rename durable.
+/// meanwhile, and makes the rename durable. The disks restores are written
+/// to vary: FAT and exFAT (USB disks) have no hard links, some network
+/// file systems no `RENAME_NOREPLACE`.
 fn publish(tmp: &Path, out: &Path) -> Result<()> {
-    std::fs::hard_link(tmp, out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
-    let _ = std::fs::remove_file(tmp);
+    use nix::errno::Errno;
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    let err = |e| Error::io(format!("cannot create {}", out.display()), e);
+    match renameat2(AT_FDCWD, tmp, AT_FDCWD, out, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => {}
+        Err(Errno::EINVAL | Errno::ENOSYS) => match std::fs::hard_link(tmp, out) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(tmp);
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EPERM | nix::libc::EOPNOTSUPP | nix::libc::ENOSYS)) => {
+                // Neither: only a plain rename is left, which would replace
+                // a file made since the export checked; check again.
+                if out.symlink_metadata().is_ok() {
+                    return Err(err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)));
+                }
+                std::fs::rename(tmp, out).map_err(err)?;
+            }
+            Err(e) => return Err(err(e)),
+        },
+        Err(e) => return Err(err(e.into())),
+    }
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))?;
     }

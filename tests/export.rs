@@ -102,3 +102,59 @@ fn export_to_a_full_file_system_fails_cleanly() {
     let left: Vec<_> = fs::read_dir(&small.mp).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// exFAT (here its FUSE driver, on a loop device), undone on drop.
+struct ExFat {
+    mp: std::path::PathBuf,
+    dev: String,
+}
+
+impl ExFat {
+    fn new(image: &std::path::Path, mp: &std::path::Path) -> ExFat {
+        sh("mkfs.exfat", &[&p(image)]);
+        let dev = sh("losetup", &["-f", "--show", &p(image)]).trim().to_string();
+        fs::create_dir_all(mp).unwrap();
+        let fat = ExFat { mp: mp.to_path_buf(), dev };
+        sh("mount", &["-t", "exfat-fuse", &fat.dev, &p(mp)]);
+        fat
+    }
+}
+
+impl Drop for ExFat {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mp).status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+/// Restores are often written to a USB disk formatted exFAT, which has no
+/// hard links (and whose FUSE driver has no `RENAME_NOREPLACE` either):
+/// the export lands there whole, under its name, and still never replaces
+/// a file already there.
+#[test]
+fn export_to_an_exfat_file_system() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let disk = s.path("sda.raw");
+    set_size(&disk, 16 << 20);
+    write_at(&disk, 1 << 20, &Rng::new(7).bytes(3 << 20));
+    Ingest::new(&repo, "vm1").disk("sda", &disk).run().ok();
+    let usb = s.path("usb.img");
+    set_size(&usb, 64 << 20);
+    let fat = ExFat::new(&usb, &s.mnt("usb"));
+    let probe = fat.mp.join("probe");
+    fs::write(&probe, b"").unwrap();
+    assert!(fs::hard_link(&probe, fat.mp.join("probe2")).is_err(), "the test needs a file system without hard links");
+    fs::remove_file(&probe).unwrap();
+
+    let out = fat.mp.join("sda.img");
+    cbtfs(&["export", &p(&repo), "vm1", "latest", "sda", &p(&out)]).ok();
+    assert_same_file(&out, &disk);
+    let o = cbtfs(&["export", &p(&repo), "vm1", "latest", "sda", &p(&out)]);
+    assert_eq!(o.code, Some(1), "{}", o.describe());
+    assert!(o.stderr.contains("exists"), "{}", o.describe());
+    assert_same_file(&out, &disk);
+    let names: Vec<_> = fs::read_dir(&fat.mp).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["sda.img"], "nothing else left on the disk");
+}
