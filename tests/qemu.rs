@@ -608,3 +608,46 @@ fn qcow2_source_without_qemu_nbd_is_refused_once() {
     assert!(!stderr.contains("trying through the page cache"), "a missing qemu-nbd is not tried twice:\n{stderr}");
     assert_eq!(repo_state(&repo), before);
 }
+
+/// Pids of the qemu-nbd processes serving `image`.
+fn qemu_nbd_serving(image: &Path) -> Vec<u32> {
+    let want = p(image);
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            comm.trim() == "qemu-nbd" && cmdline.split(|&b| b == 0).any(|a| a == want.as_bytes())
+        })
+        .collect()
+}
+
+/// An ingest of a qcow2 image killed with SIGKILL, which runs no
+/// destructor, leaves no qemu-nbd behind: one left running would keep the
+/// image open and locked against the VM that owns it.
+#[test]
+fn killed_qcow2_ingest_leaves_no_qemu_nbd() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let (_, q) = raw_and_qcow2(&s, 32 << 20, 0, 8 << 20, 79);
+    let before = repo_state(&repo);
+    let mut ing = Ingest::new(&repo, "vm").disk("sda", &q).spawn(s.dir.path(), "ingest");
+    let started = wait_until(Duration::from_secs(10), || !qemu_nbd_serving(&q).is_empty());
+    // Stopped where it is, then killed: wherever that is, qemu-nbd runs.
+    send_signal(ing.pid(), "STOP");
+    let seen = qemu_nbd_serving(&q);
+    send_signal(ing.pid(), "KILL");
+    ing.kill();
+    let gone = wait_until(Duration::from_secs(5), || qemu_nbd_serving(&q).is_empty());
+    for pid in qemu_nbd_serving(&q) {
+        let _ = std::process::Command::new("kill").args(["-s", "KILL", &pid.to_string()]).status();
+    }
+    assert!(started && !seen.is_empty(), "the ingest never ran qemu-nbd: {}", ing.stderr_so_far());
+    assert!(gone, "qemu-nbd ({seen:?}) still serves {} after the ingest was killed", q.display());
+    let v = verify_ok(&repo);
+    assert!(v["leftover_packs"].as_array().unwrap().len() <= 1, "{v}");
+    cbtfs(&["gc", &p(&repo)]).ok();
+    assert_eq!(repo_state(&repo), before, "the killed ingest recorded nothing");
+}

@@ -131,7 +131,23 @@ impl QemuNbd {
     fn start_with(image: &Path, bitmap: Option<&str>, direct: bool) -> Result<QemuNbd, StartError> {
         let dir = private_dir().map_err(|e| StartError::Spawn(format!("cannot create a directory for qemu-nbd's socket: {e}")))?;
         let socket = dir.join("nbd.sock");
-        let mut cmd = Command::new("qemu-nbd");
+        let Some(qemu_nbd) = in_path("qemu-nbd") else {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(StartError::Spawn("cannot run qemu-nbd (not found on PATH); qcow2 sources need qemu-utils".into()));
+        };
+        // Through setpriv(1), with a parent-death signal: qemu-nbd then
+        // ends with cbtfs even when cbtfs is killed and its destructors do
+        // not run; left running, it would keep the image open and locked.
+        // Sources are opened on the thread that runs the ingest, which
+        // outlives them. Without setpriv, qemu-nbd is run directly.
+        let mut cmd = match in_path("setpriv") {
+            Some(setpriv) => {
+                let mut c = Command::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(&qemu_nbd);
+                c
+            }
+            None => Command::new(&qemu_nbd),
+        };
         // --persistent: it must not exit when the start-up probe below
         // disconnects; it is stopped on drop.
         cmd.args(["--read-only", "--persistent", "--format=qcow2", "--shared=2", "--export-name", EXPORT, "--socket"])
@@ -199,6 +215,14 @@ fn greets(socket: &Path) -> bool {
     let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
     let mut magic = [0u8; 8];
     conn.read_exact(&mut magic).is_ok() && &magic == b"NBDMAGIC"
+}
+
+/// The executable `name` in the first directory of `PATH` that has it.
+fn in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// A new directory only this user can enter, under the temporary directory.
