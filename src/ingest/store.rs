@@ -217,16 +217,27 @@ impl<'a> BlockStore<'a> {
         let read_bytes = to_read.len() * bs - tail_short;
         log::debug!("disk {}: {} of {} blocks to read", d.name, to_read.len(), nblocks);
         progress(Progress::Disk { name: &d.name, bytes: read_bytes });
+        let expected = to_read.len();
         let (rx, recycle) = spawn_reader(d.source.reader()?, self.block_size, to_read);
         // A scan mostly reads blocks that did not change: compress only the
         // ones that did. Otherwise nearly every block read is new.
         let rx = spawn_hasher(rx, self.block_size, d.kind != Kind::Scan);
+        let mut received = 0u64;
         for hashed in rx {
             let hashed = hashed.map_err(|e| Error::io(format!("disk {}: cannot read source {}", d.name, d.source.path.display()), e))?;
+            received += hashed.batch.count as u64;
             let bytes = (hashed.batch.count as u64 * bs).min(size - (hashed.batch.first * bs).min(size));
             stats.bytes_read += bytes;
             self.store_batch(hashed, lineage, d.prev.as_ref().map(|p| p.seq), seq, &mut stats, &recycle)?;
             progress(Progress::Read { bytes });
+        }
+        // The channels also close when a reading or hashing thread dies
+        // (a panic), which must not pass for the end of the disk: the
+        // blocks never read would keep their old versions, or read as
+        // zeros, in a point that looks whole.
+        if received != expected {
+            let why = format!("reading stopped after {received} of {expected} blocks (a reading thread failed); nothing was recorded");
+            return Err(Error::io(format!("disk {}", d.name), std::io::Error::other(why)));
         }
         Ok(stats)
     }
