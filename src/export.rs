@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 
 use crate::error::{Error, Result};
@@ -73,7 +74,24 @@ pub fn check_output(out: &Path) -> Result<()> {
 /// Writes `img` to `out` (which must not exist) in `format`, reporting
 /// each [`Step`] to `progress`. A qcow2 export first writes a sparse raw
 /// file beside `out` (as much space as the disk's data), then converts it.
-pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl FnMut(Step)) -> Result<Exported> {
+///
+/// Once `stop` is set (by a signal handler: a user giving up on a long
+/// export), the export ends with an error and removes what it wrote: a
+/// cancelled restore must not leave a hidden file as large as the disk's
+/// data on the target disk.
+pub fn export(
+    img: &ImageReader,
+    out: &Path,
+    format: Format,
+    stop: &AtomicBool,
+    mut progress: impl FnMut(Step),
+) -> Result<Exported> {
+    let stopped = || {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Error::Input(format!("export to {} interrupted; nothing was written", out.display())));
+        }
+        Ok(())
+    };
     check_output(out)?;
     let raw_path = temp_beside(out, "raw");
     let cleanup = Cleanup(Some(raw_path.clone()));
@@ -110,6 +128,7 @@ pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl 
             let end = img.seek_hole(start)?.unwrap_or(size);
             let mut at = start;
             while at < end {
+                stopped()?;
                 let mut data = back_rx.try_recv().unwrap_or_default();
                 let len = img.read_into(at, CHUNK.min((end - at) as usize), &mut data)?;
                 if len == 0 {
@@ -135,6 +154,7 @@ pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl 
     file.set_len(size).map_err(|e| Error::io(format!("cannot size {}", raw_path.display()), e))?;
     file.sync_all().map_err(|e| Error::io(format!("cannot sync {}", raw_path.display()), e))?;
     drop(file);
+    stopped()?;
     match format {
         Format::Raw => publish(&raw_path, out)?,
         Format::Qcow2 => {
@@ -149,8 +169,11 @@ pub fn export(img: &ImageReader, out: &Path, format: Format, mut progress: impl 
                 .output()
                 .map_err(|e| Error::Input(format!("cannot run qemu-img ({e}); qcow2 export needs qemu-utils")))?;
             if !st.status.success() {
+                // A Ctrl-C on the terminal stops qemu-img too.
+                stopped()?;
                 return Err(Error::Input(format!("qemu-img convert failed: {}", String::from_utf8_lossy(&st.stderr).trim())));
             }
+            stopped()?;
             File::open(&q).and_then(|f| f.sync_all()).map_err(|e| Error::io(format!("cannot sync {}", q.display()), e))?;
             publish(&q, out)?;
         }

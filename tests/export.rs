@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn export_raw_and_qcow2_byte_exact() {
@@ -157,4 +158,39 @@ fn export_to_an_exfat_file_system() {
     assert_same_file(&out, &disk);
     let names: Vec<_> = fs::read_dir(&fat.mp).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["sda.img"], "nothing else left on the disk");
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM during an export: exit 1 saying so, and
+/// nothing left on the target, not even the hidden temporary file, which
+/// would be as large as the disk's data.
+#[test]
+fn interrupted_export_leaves_nothing() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let disk = s.path("sda.raw");
+    write_at(&disk, 0, &Rng::new(8).bytes(128 << 20));
+    Ingest::new(&repo, "vm1").disk("sda", &disk).run().ok();
+    let target = s.path("target");
+    fs::create_dir(&target).unwrap();
+    for (i, sig) in ["INT", "TERM"].into_iter().enumerate() {
+        let out = target.join("sda.img");
+        let mut ex = spawn_cbtfs(&["export", &p(&repo), "vm1", "latest", "sda", &p(&out)], s.dir.path(), &format!("export{i}"));
+        let started = std::time::Instant::now();
+        // Caught while it writes its temporary file, and held there.
+        while fs::read_dir(&target).unwrap().next().is_none() && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        send_signal(ex.pid(), "STOP");
+        let during: Vec<_> = fs::read_dir(&target).unwrap().map(|e| e.unwrap().file_name()).collect();
+        send_signal(ex.pid(), sig);
+        send_signal(ex.pid(), "CONT");
+        let o = ex.wait_timeout(Duration::from_secs(30));
+        assert!(!during.is_empty(), "the export never started writing: {}", o.describe());
+        assert!(during.iter().all(|n| n.to_string_lossy().starts_with('.')), "caught before it finished: {during:?}");
+        assert_eq!(o.code, Some(1), "{}", o.describe());
+        assert!(o.stderr.contains("interrupted"), "{}", o.describe());
+        let left: Vec<_> = fs::read_dir(&target).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "SIG{sig} left {left:?}");
+    }
 }

@@ -71,7 +71,14 @@ pub fn run(a: Args) -> super::Outcome {
     check_output(&a.output)?;
     let started = std::time::Instant::now();
     let bar = super::progress::bytes(&a.disk, img.size());
-    let r = export(&img, &a.output, format, |step| match step {
+    // SIGINT or SIGTERM end the export cleanly (see `export`); a second
+    // one ends the process at once.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, super::exit::ERROR.into(), stop.clone())?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let r = export(&img, &a.output, format, &stop, |step| match step {
         Step::Copied { done, .. } => bar.set_position(done),
         Step::Converting => super::progress::converting(&bar, "converting to qcow2 (qemu-img)"),
     })?;
