@@ -175,7 +175,7 @@ fn interrupted_export_leaves_nothing() {
     fs::create_dir(&target).unwrap();
     for (i, sig) in ["INT", "TERM"].into_iter().enumerate() {
         let out = target.join("sda.img");
-        let mut ex = spawn_cbtfs(&["export", &p(&repo), "vm1", "latest", "sda", &p(&out)], s.dir.path(), &format!("export{i}"));
+        let ex = spawn_cbtfs(&["export", &p(&repo), "vm1", "latest", "sda", &p(&out)], s.dir.path(), &format!("export{i}"));
         let started = std::time::Instant::now();
         // Caught while it writes its temporary file, and held there.
         while fs::read_dir(&target).unwrap().next().is_none() && started.elapsed() < Duration::from_secs(10) {
