@@ -223,11 +223,16 @@ fn mount_by_a_user_who_cannot_write_follows_the_owner() {
     use std::os::unix::fs::PermissionsExt;
     let s = Scratch::new();
     fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    // Distributions ship /dev/fuse open to every user; some machines do not.
-    let fuse_dev = fs::metadata("/dev/fuse").unwrap().permissions();
-    if fuse_dev.mode() & 0o006 != 0o006 {
-        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+    // Distributions ship /dev/fuse open to every user; some machines do
+    // not. Opened for the test, and put back as it was afterwards.
+    struct Restore(fs::Permissions);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = fs::set_permissions("/dev/fuse", self.0.clone());
+        }
     }
+    let _restore = Restore(fs::metadata("/dev/fuse").unwrap().permissions());
+    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
     let repo = s.repo();
     init_repo(&repo, None);
     let mut rng = Rng::new(0x0b0d);
