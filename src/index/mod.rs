@@ -730,14 +730,17 @@ impl Index {
         if own_tx {
             // Nothing was written: ending the transaction only drops its
             // read lock, whichever way it ends.
-            match found {
-                Ok(_) => {
-                    self.conn.prepare_cached("COMMIT")?.execute([])?;
-                }
-                Err(_) => {
-                    let _ = self.conn.prepare_cached("ROLLBACK").and_then(|mut st| st.execute([]));
-                }
+            // A connection left inside it would keep its snapshot: every
+            // later lookup would join the transaction and never see a
+            // point committed since.
+            let ended = match found {
+                Ok(_) => self.conn.prepare_cached("COMMIT").and_then(|mut st| st.execute([])),
+                Err(_) => Ok(0),
+            };
+            if found.is_err() || ended.is_err() {
+                let _ = self.conn.prepare_cached("ROLLBACK").and_then(|mut st| st.execute([]));
             }
+            ended?;
         }
         found
     }
