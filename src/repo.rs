@@ -89,15 +89,32 @@ impl Repo {
                 .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
         }
         let mkerr = |e| Error::io(format!("cannot initialise {}", path.display()), e);
+        // Held until the index is in place: two inits of one directory at
+        // once would build it under the same temporary name, each removing
+        // or renaming the other's.
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path.join(LOCK_FILE))
+            .map_err(mkerr)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Input(format!("another process is creating or writing {}; try again when it has finished", path.display())));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(mkerr(e)),
+        }
         match std::fs::create_dir(path.join(PACK_DIR)) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(mkerr(e)),
             _ => {}
         }
-        File::create(path.join(LOCK_FILE)).map_err(mkerr)?;
         File::create(path.join(READERS_FILE)).map_err(mkerr)?;
         // The index is created last, whole or not at all: its presence is
         // what makes the directory a repository.
         let index = Index::create(path, block_size, pack_size, now_unix())?;
+        drop(lock);
         Ok(Repo { path: path.to_path_buf(), index, block_size, pack_size })
     }
 

@@ -362,3 +362,28 @@ fn init_finishes_what_an_interrupted_init_left() {
     assert_eq!(dir_names(&other), ["index.sqlite.init", "packs"]);
     assert_eq!(dir_names(&other.join("packs")), ["0000000000000001.pack"]);
 }
+
+/// Two `init`s of one directory at once: the second is refused while the
+/// first holds the directory, and leaves it as it was.
+#[test]
+fn init_refuses_a_directory_another_init_holds() {
+    let s = Scratch::new();
+    let dir = s.path("new-repo");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("lock"), b"").unwrap();
+    // The first init, stood in for by a process holding its lock.
+    let mut holder = std::process::Command::new("flock").args(["--no-fork", "-x", &p(&dir.join("lock")), "sleep", "30"]).spawn().unwrap();
+    let held = wait_until(std::time::Duration::from_secs(5), || {
+        !std::process::Command::new("flock").args(["-n", "-x", &p(&dir.join("lock")), "true"]).status().unwrap().success()
+    });
+    let out = cbtfs(&["init", &p(&dir)]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(held, "the lock was never taken");
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert_one_line_error(&out);
+    assert!(out.stderr.contains("another process"), "{}", out.describe());
+    assert_eq!(dir_names(&dir), ["lock"], "nothing made while another init holds the directory");
+    cbtfs(&["init", &p(&dir)]).ok();
+    cbtfs(&["list", &p(&dir)]).ok();
+}
