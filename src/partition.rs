@@ -7,7 +7,8 @@
 //! together yields no partitions and a reason, never a partition outside
 //! the disk. Numbering follows Linux, so `sda-part5.img` is what the
 //! restored machine called `/dev/sda5`: MBR primaries 1-4, logical
-//! partitions from 5 in chain order; GPT entry index + 1. MBR tables are
+//! partitions from 5 in chain order (and on through any further extended
+//! entry's chain), counted as Linux counts them; GPT entry index + 1. MBR tables are
 //! read with 512-byte sectors (what virtual disks use); GPT with 512- or
 //! 4096-byte sectors, whichever holds a valid header.
 
@@ -23,9 +24,10 @@ const MBR_TYPE_GPT: u8 = 0xEE;
 /// Types of an extended partition, whose chain of boot records holds the
 /// logical partitions.
 const MBR_TYPES_EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
-/// Logical partitions followed at most: real disks have a few dozen; a
-/// loop or an endless chain in a damaged table stops here.
-const MAX_LOGICAL: usize = 128;
+/// Boot records of one chain of logical partitions followed at most: more
+/// than partition numbers go (see [`MAX_NUMBER`]); a loop or an endless
+/// chain in a damaged table stops here.
+const MAX_LOGICAL: usize = 256;
 const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 const GPT_HEADER_MIN: usize = 92;
 /// A GPT entry array larger than this is taken for damage (the standard
@@ -137,66 +139,83 @@ fn mbr_partitions<E>(
     read: &mut impl FnMut(u64, usize) -> Result<Vec<u8>, E>,
     t: &mut Table,
 ) -> Result<(), E> {
-    let mut extended = None;
-    for (i, e) in entries.iter().enumerate() {
-        if e.kind == 0 || e.sectors == 0 {
-            continue;
-        }
-        let (start, len) = (e.start_lba as u64 * MBR_SECTOR, e.sectors as u64 * MBR_SECTOR);
-        if MBR_TYPES_EXTENDED.contains(&e.kind) {
-            // The container itself holds no filesystem: only its logicals
-            // are shown. Linux follows the first extended entry only.
-            if extended.is_none() {
-                extended = Some(e.start_lba as u64);
-            }
-            continue;
-        }
-        push(t, size, i as u32 + 1, start, len);
-    }
-    let Some(ext_lba) = extended else { return Ok(()) };
-    // Each extended boot record holds one logical partition (relative to
-    // the record) and a link to the next record (relative to the start of
-    // the extended partition).
-    let mut ebr_lba = ext_lba;
-    let mut seen = HashSet::new();
+    // As Linux reads the table (block/partitions/msdos.c): every entry with
+    // a size counts, whatever its type; an extended one shows no
+    // filesystem itself, only the logical partitions of its chain, which
+    // are numbered from 5 across all chains in slot order.
     let mut number = 5u32;
-    loop {
-        if seen.len() == MAX_LOGICAL {
-            t.problems.push(format!("logical partitions: more than {MAX_LOGICAL}; the rest are ignored"));
-            break;
+    for (i, e) in entries.iter().enumerate() {
+        if e.sectors == 0 {
+            continue;
         }
-        if !seen.insert(ebr_lba) {
-            t.problems.push(format!("logical partitions: boot record at sector {ebr_lba} links back to an earlier one"));
-            break;
-        }
-        let at = ebr_lba * MBR_SECTOR;
-        if at >= size {
-            t.problems.push(format!("logical partitions: boot record at sector {ebr_lba} lies past the end of the disk"));
-            break;
-        }
-        let sector = read(at, MBR_SECTOR as usize)?;
-        let Some(ebr) = mbr_entries(&sector) else {
-            t.problems.push(format!("logical partitions: no valid boot record at sector {ebr_lba}"));
-            break;
-        };
-        // As Linux reads a boot record: any entry of an extended type is
-        // the link to the next record; the other used entries are logical
-        // partitions (normally one, in the first slot).
-        let mut next = None;
-        for e in ebr {
-            if MBR_TYPES_EXTENDED.contains(&e.kind) {
-                next = next.or(Some(e));
-            } else if e.kind != 0 && e.sectors != 0 {
-                push(t, size, number, (ebr_lba + e.start_lba as u64) * MBR_SECTOR, e.sectors as u64 * MBR_SECTOR);
-                number += 1;
-            }
-        }
-        match next {
-            Some(n) if n.start_lba != 0 => ebr_lba = ext_lba + n.start_lba as u64,
-            _ => break,
+        if MBR_TYPES_EXTENDED.contains(&e.kind) {
+            logical_partitions(size, e, &mut number, read, t)?;
+        } else {
+            push(t, size, i as u32 + 1, e.start_lba as u64 * MBR_SECTOR, e.sectors as u64 * MBR_SECTOR);
         }
     }
     Ok(())
+}
+
+/// The logical partitions in the chain of boot records of the extended
+/// partition `ext`, numbered from `number` on. Each record holds logical
+/// partitions (normally one, in its first slot) relative to itself, and a
+/// link to the next record relative to the start of `ext`. As in Linux,
+/// entries with a size count whatever their type, only the first sector
+/// is held to boot flags of 0 or 0x80, and the third and fourth slots
+/// (where old tools left garbage) count only if they lie inside both the
+/// record's extent and `ext`.
+fn logical_partitions<E>(
+    size: u64,
+    ext: &MbrEntry,
+    number: &mut u32,
+    read: &mut impl FnMut(u64, usize) -> Result<Vec<u8>, E>,
+    t: &mut Table,
+) -> Result<(), E> {
+    let (first, first_len) = (ext.start_lba as u64, ext.sectors as u64);
+    let (mut this, mut this_len) = (first, first_len);
+    let mut seen = HashSet::new();
+    loop {
+        if seen.len() == MAX_LOGICAL {
+            t.problems.push(format!("logical partitions: more than {MAX_LOGICAL} boot records; the rest are ignored"));
+            return Ok(());
+        }
+        if !seen.insert(this) {
+            t.problems.push(format!("logical partitions: boot record at sector {this} links back to an earlier one"));
+            return Ok(());
+        }
+        let at = this * MBR_SECTOR;
+        if at >= size {
+            t.problems.push(format!("logical partitions: boot record at sector {this} lies past the end of the disk"));
+            return Ok(());
+        }
+        let sector = read(at, MBR_SECTOR as usize)?;
+        if sector.len() < MBR_SECTOR as usize || sector[510..512] != MBR_SIGNATURE {
+            t.problems.push(format!("logical partitions: no valid boot record at sector {this}"));
+            return Ok(());
+        }
+        let entries: Vec<MbrEntry> = (0..4)
+            .map(|i| {
+                let at = MBR_ENTRIES_AT + 16 * i;
+                MbrEntry { kind: sector[at + 4], start_lba: le32(&sector, at + 8), sectors: le32(&sector, at + 12) }
+            })
+            .collect();
+        for (i, e) in entries.iter().enumerate() {
+            if e.sectors == 0 || MBR_TYPES_EXTENDED.contains(&e.kind) {
+                continue;
+            }
+            let (offs, len) = (e.start_lba as u64, e.sectors as u64);
+            if i >= 2 && (offs + len > this_len || this + offs + len > first + first_len) {
+                continue;
+            }
+            push(t, size, *number, (this + offs) * MBR_SECTOR, len * MBR_SECTOR);
+            *number += 1;
+        }
+        match entries.iter().find(|e| e.sectors != 0 && MBR_TYPES_EXTENDED.contains(&e.kind)) {
+            Some(n) => (this, this_len) = (first + n.start_lba as u64, n.sectors as u64),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// GPT: the primary header (at LBA 1), or the backup (at the last LBA) if
@@ -346,10 +365,55 @@ mod tests {
         let t = read_table(d.len() as u64, disk_reader(&d)).unwrap();
         let got: Vec<(u32, u64)> = t.partitions.iter().map(|p| (p.number, p.len)).collect();
         assert_eq!(got, [(1, 16 * MIB as u64 - 2048 * 512), (5, 64 * 512), (6, 64 * 512)]);
+        // In slot order, as Linux reads them: the extended entry's chain
+        // comes before slot 3.
         assert_eq!(t.problems.len(), 3, "{:?}", t.problems);
         assert!(t.problems[0].contains("partition 1 runs past the end"), "{:?}", t.problems);
-        assert!(t.problems[1].contains("partition 3 ignored"), "{:?}", t.problems);
-        assert!(t.problems[2].contains("links back"), "{:?}", t.problems);
+        assert!(t.problems[1].contains("links back"), "{:?}", t.problems);
+        assert!(t.problems[2].contains("partition 3 ignored"), "{:?}", t.problems);
+    }
+
+    /// Tables as some tools leave them, numbered as Linux numbers them (the
+    /// disk below gives the same numbers and starts in `partx --show`): a
+    /// logical entry of type 0 with a size counts; garbage in a boot
+    /// record's third slot does not, nor does its boot flag matter; a
+    /// second extended entry's chain continues the numbering.
+    #[test]
+    fn mbr_logicals_numbered_as_linux_numbers_them() {
+        let mut d = vec![0u8; 64 * MIB];
+        mbr_entry(&mut d, 0, 0, 0x83, 2048, 2048); // 1
+        mbr_entry(&mut d, 0, 1, 0x05, 8192, 16384); // extended: 4..12 MiB
+        mbr_entry(&mut d, 0, 2, 0x0f, 32768, 16384); // extended: 16..24 MiB
+        let ebr1 = 8192 * 512;
+        mbr_entry(&mut d, ebr1, 0, 0x00, 63, 1000); // 5: type 0, but sized
+        mbr_entry(&mut d, ebr1, 1, 0x05, 4096, 8192); // next record at 6 MiB
+        mbr_entry(&mut d, ebr1, 2, 0x83, 0x7fff_ffff, 10); // garbage, outside
+        d[ebr1 + MBR_ENTRIES_AT + 48] = 0x37; // a boot flag no tool writes
+        mbr_entry(&mut d, (8192 + 4096) * 512, 0, 0x83, 2048, 2048); // 6
+        mbr_entry(&mut d, 32768 * 512, 0, 0x07, 2048, 4096); // 7
+        let t = read_table(d.len() as u64, disk_reader(&d)).unwrap();
+        let got: Vec<(u32, u64, u64)> = t.partitions.iter().map(|p| (p.number, p.start / 512, p.len / 512)).collect();
+        assert_eq!(got, [(1, 2048, 2048), (5, 8192 + 63, 1000), (6, 8192 + 4096 + 2048, 2048), (7, 32768 + 2048, 4096)]);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        // What util-linux's reader of the table (as Linux's) says, but for
+        // the two extended entries, which hold no filesystem.
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::write(&img, &d).unwrap();
+        let out = std::process::Command::new("partx")
+            .args(["--raw", "--noheadings", "--output", "NR,START,SECTORS"])
+            .arg(&img)
+            .output()
+            .expect("partx (util-linux)");
+        let linux: Vec<(u32, u64, u64)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let f: Vec<u64> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
+                (f[0] as u32, f[1], f[2])
+            })
+            .filter(|&(n, _, _)| n != 2 && n != 3)
+            .collect();
+        assert_eq!(got, linux);
     }
 
     #[test]
