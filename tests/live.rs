@@ -335,4 +335,11 @@ fn a_user_who_cannot_write_an_older_repository_is_told_what_to_do() {
     assert!(out.contains("\"vm1\""), "{out}");
     let (code, _, err) = run(&["verify", &r]);
     assert_eq!(code, Some(0), "{err}");
+
+    // With its log files there, any other failure is reported as it is.
+    fs::set_permissions(repo.join("index.sqlite"), fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, _, err) = run(&["list", &r]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot open the repository index") && !err.contains("not by this user"), "{err}");
 }

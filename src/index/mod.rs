@@ -38,9 +38,9 @@ pub enum IndexError {
     Create { path: PathBuf, source: std::io::Error },
     #[error("the repository index {path} is damaged: {what}")]
     BadMeta { path: PathBuf, what: String },
-    #[error("repository {0} cannot be written here and its index has changes not yet folded in (index.sqlite-wal, left by a crash); open it once where it can be written (e.g. with `cbtfs list`), or copy it to writable storage")]
+    #[error("repository {0} cannot be written here and its index has changes not yet folded in (index.sqlite-wal) without the file needed to read them (index.sqlite-shm); open it once where it can be written (e.g. with `cbtfs list`), or copy it to writable storage")]
     ReadOnlyWithLog(PathBuf),
-    #[error("repository {0} can be changed by others but not by this user, and reading it alongside them needs index.sqlite-wal and index.sqlite-shm, which only they can create; run this as a user who can write the repository, or have one run `cbtfs list {0}` once")]
+    #[error("repository {0} can be changed by others but not by this user, and reading it alongside them needs index.sqlite-wal and index.sqlite-shm, which only they can create; run this as a user who can write the repository, have one run `cbtfs list {0}` once, or work on a copy")]
     NotShared(PathBuf),
     #[error("the index {path} has schema version {found} and needs an upgrade to {known}, which needs write access; open it once where it can be written")]
     ReadOnlyOld { path: PathBuf, found: u32, known: u32 },
@@ -210,7 +210,8 @@ impl Index {
         // connection closes, instead of folding the log in and deleting
         // both: a user who may read the repository but not write it can
         // follow a writer only through them (see `open_read_only`).
-        // Ingests fold their log in as they finish, so it stays empty.
+        // Ingest, forget and gc fold the log in as they finish, and SQLite
+        // does once it holds 1000 pages, so it stays small.
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(open)?;
         migrate::migrate(&mut conn)?;
         Ok(Index { conn, path })
@@ -219,24 +220,32 @@ impl Index {
     /// Opens the index for a process that cannot write the repository.
     ///
     /// Others may still write it: the repository's owner while another
-    /// user mounts it, or a server writing a repository it also exports
-    /// read-only. So the index is first opened as SQLite's read-only
-    /// reader, which follows commits through the log and keeps writers
-    /// from folding the log into pages it is reading. That needs the log
-    /// and its shared-memory file to exist, since this process cannot
-    /// create them; writers leave both behind (see `open_read_write`).
+    /// user mounts it, or this machine through another, writable, mount of
+    /// the same file system. So the index is first opened as SQLite's
+    /// read-only reader, which follows commits through the log and keeps
+    /// writers from folding the log into pages it is reading. That needs
+    /// the log and its shared-memory file to exist, since this process
+    /// cannot create them; writers leave both behind (see
+    /// `open_read_write`). SQLite's log needs shared memory that all its
+    /// users see, so none of this works across machines (network file
+    /// systems).
     ///
-    /// Without them, an index on storage nobody can write (`read_only_storage`:
-    /// a backup disk attached read-only, a read-only snapshot) cannot
-    /// change, and is opened as immutable: no locks, no log. That would
+    /// Without them, an index on storage nobody can write
+    /// (`read_only_storage`: a backup disk attached read-only, a read-only
+    /// snapshot) cannot change, and is opened as immutable: no locks, no
+    /// log. That would
     /// hide commits still in the log, so a non-empty log is refused, not
     /// ignored. Anywhere else, an immutable reader would keep pages a
     /// writer has since replaced and read blocks from the wrong places, so
     /// opening is refused with what to do.
     fn open_read_only(repo: &Path, path: PathBuf, read_only_storage: bool) -> Result<Index> {
         let open = |e| IndexError::Open { path: path.clone(), source: e };
+        let log_files = ["wal", "shm"].map(|x| repo.join(format!("{}-{x}", crate::format::INDEX_FILE)));
         match Index::open_read_only_with(&path, "mode=ro") {
             Ok(conn) => return Index::checked_read_only(conn, path),
+            // Another reason (no read permission, a damaged file) is
+            // reported as it is.
+            Err(e) if log_files.iter().all(|f| f.exists()) => return Err(open(e)),
             Err(e) if !read_only_storage => {
                 log::debug!("cannot open {} as a read-only reader of its log: {e}", path.display());
                 return Err(IndexError::NotShared(repo.to_path_buf()));
