@@ -33,6 +33,10 @@ pub struct GcReport {
     pub bytes_reclaimed: u64,
     /// Garbage left in packs below the threshold.
     pub garbage_kept: u64,
+    /// What interrupted ingests left, removed (or, in a dry run, to be
+    /// removed): pack files the index does not know, and bytes past packs'
+    /// committed ends.
+    pub leftover_bytes: u64,
 }
 
 struct PackUse {
@@ -51,10 +55,7 @@ pub fn gc(
     dry_run: bool,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<GcReport> {
-    if !dry_run {
-        repo.remove_orphan_packs(lock)?;
-        repo.cut_uncommitted_tails(lock)?;
-    }
+    let leftover_bytes = repo.orphan_packs(lock, !dry_run)? + repo.uncommitted_tails(lock, !dry_run)?;
     let repo_path = repo.path.clone();
     let pack_size = repo.pack_size;
     let conn = repo.index.conn();
@@ -64,7 +65,7 @@ pub fn gc(
             "DELETE FROM blocks WHERE id NOT IN (SELECT block_id FROM block_versions WHERE block_id IS NOT NULL)",
             [],
         )? as u64;
-        let mut report = GcReport { blocks_removed, ..GcReport::default() };
+        let mut report = GcReport { blocks_removed, leftover_bytes, ..GcReport::default() };
         let uses: Vec<PackUse> = {
             let mut st = conn.prepare(
                 "SELECT p.id, p.size, coalesce(sum(b.stored_len + ?1), 0) FROM packs p

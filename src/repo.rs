@@ -9,9 +9,10 @@
 //! exclusively, which mounts and verify hold shared: the two never overlap.
 //!
 //! Crash safety: pack bytes are fsynced before the index commit that
-//! references them; leftovers of an interrupted writer (pack files with no
-//! index row, bytes past a pack's committed length) are removed by the
-//! next writer under the lock.
+//! references them. Leftovers of an interrupted writer are harmless and
+//! removed later under the lock: pack files with no index row by the next
+//! ingest or gc, bytes past a pack's committed length by the next ingest
+//! appending to that pack, or by gc.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -34,8 +35,8 @@ pub struct WriterLock {
     _file: File,
 }
 
-/// Readers that need the repository to stay as it is (mounts, verify)
-/// hold this shared; retention (forget, gc), which changes what points
+/// Readers that need the repository to stay as it is (mounts, exports,
+/// verify) hold this shared; retention (forget, gc), which changes what points
 /// read and deletes packs, holds it exclusively, so the two never overlap.
 /// Ingest does not take it: it only adds. Released on drop.
 pub struct ReaderLock {
@@ -234,21 +235,31 @@ impl Repo {
     /// Deletes pack files the index does not know: leftovers of an ingest
     /// killed before its commit. Call only under the writer lock, so that
     /// no running ingest's pack is taken for a leftover.
-    pub fn remove_orphan_packs(&self, _lock: &WriterLock) -> Result<u64> {
-        let leftovers = self.unreferenced_packs()?;
-        for (name, path) in &leftovers {
-            log::info!("removing leftover pack {name} of an interrupted ingest");
-            std::fs::remove_file(path).map_err(|e| Error::io(format!("cannot remove {}", path.display()), e))?;
-        }
-        Ok(leftovers.len() as u64)
+    pub fn remove_orphan_packs(&self, lock: &WriterLock) -> Result<u64> {
+        self.orphan_packs(lock, true)
     }
 
-    /// Cuts every pack back to the length the index records: bytes past
-    /// it are the appends of an ingest that was killed or failed, which no
-    /// point references. Returns the bytes cut. Packs shorter than
-    /// recorded are damage, left for `verify` to report.
-    pub fn cut_uncommitted_tails(&self, _lock: &WriterLock) -> Result<u64> {
-        let mut cut = 0;
+    /// The bytes of pack files the index does not know, which are removed
+    /// when `remove` is set.
+    pub fn orphan_packs(&self, _lock: &WriterLock, remove: bool) -> Result<u64> {
+        let mut bytes = 0;
+        for (name, path) in self.unreferenced_packs()? {
+            bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if remove {
+                log::info!("removing leftover pack {name} of an interrupted ingest");
+                std::fs::remove_file(&path).map_err(|e| Error::io(format!("cannot remove {}", path.display()), e))?;
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// The bytes packs hold past the length the index records, the
+    /// appends of an ingest that was killed or failed, which no point
+    /// references; with `cut`, every pack is cut back to its recorded
+    /// length. Packs shorter than recorded are damage, left for `verify`
+    /// to report.
+    pub fn uncommitted_tails(&self, _lock: &WriterLock, cut: bool) -> Result<u64> {
+        let mut tails = 0;
         for (id, size) in self.index.pack_sizes()? {
             let path = crate::pack::pack_path(&self.path, id);
             let len = match std::fs::metadata(&path) {
@@ -257,15 +268,17 @@ impl Repo {
                 Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
             };
             if len > size {
-                log::info!("cutting {} uncommitted bytes off pack {}", len - size, path.display());
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(size))
-                    .map_err(|e| Error::io(format!("cannot cut {} back to {size} bytes", path.display()), e))?;
-                cut += len - size;
+                tails += len - size;
+                if cut {
+                    log::info!("cutting {} uncommitted bytes off pack {}", len - size, path.display());
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_len(size))
+                        .map_err(|e| Error::io(format!("cannot cut {} back to {size} bytes", path.display()), e))?;
+                }
             }
         }
-        Ok(cut)
+        Ok(tails)
     }
 }

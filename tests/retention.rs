@@ -341,16 +341,6 @@ fn gc_removes_what_killed_writers_left_but_a_dry_run_does_not() {
     let committed = fs::metadata(&oldest).unwrap().len();
     let tail = Rng::new(0xd8).bytes(70_000);
     OpenOptions::new().append(true).open(&oldest).unwrap().write_all(&tail).unwrap();
-    let leftover = repo.join("packs").join("00000000000fffff.pack");
-    fs::copy(&oldest, &leftover).unwrap();
-    let v = json(cbtfs(&["verify", &p(&repo), "--json"]));
-    assert_eq!(v["uncommitted_tails"].as_array().unwrap().len(), 1, "{v}");
-    assert_eq!(v["leftover_packs"].as_array().unwrap().len(), 1, "{v}");
-
-    cbtfs(&["gc", &p(&repo), "--dry-run"]).ok();
-    assert!(leftover.exists(), "a dry run must not remove a leftover pack");
-    assert_eq!(fs::metadata(&oldest).unwrap().len(), committed + tail.len() as u64, "a dry run must not cut a pack");
-
     // A new point appends to the newest pack, not to the oldest.
     let disk = s.path("disk.raw");
     write_at(&disk, 4096, &Rng::new(0xd9).bytes(8192));
@@ -360,7 +350,21 @@ fn gc_removes_what_killed_writers_left_but_a_dry_run_does_not() {
     states.insert(9, state);
     assert_eq!(fs::metadata(&oldest).unwrap().len(), committed + tail.len() as u64, "the ingest left the oldest pack alone");
 
-    cbtfs(&["gc", &p(&repo)]).ok();
+    // Left by an ingest killed after that one.
+    let leftover = repo.join("packs").join("00000000000fffff.pack");
+    fs::copy(&oldest, &leftover).unwrap();
+    let leftover_bytes = fs::metadata(&leftover).unwrap().len() + tail.len() as u64;
+    let v = json(cbtfs(&["verify", &p(&repo), "--json"]));
+    assert_eq!(v["uncommitted_tails"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["leftover_packs"].as_array().unwrap().len(), 1, "{v}");
+
+    let dry = json(cbtfs(&["gc", &p(&repo), "--dry-run", "--json"]));
+    assert_eq!(dry["leftover_bytes"], leftover_bytes, "a dry run says what it would remove: {dry}");
+    assert!(leftover.exists(), "a dry run must not remove a leftover pack");
+    assert_eq!(fs::metadata(&oldest).unwrap().len(), committed + tail.len() as u64, "a dry run must not cut a pack");
+
+    let r = json(cbtfs(&["gc", &p(&repo), "--json"]));
+    assert_eq!(r["leftover_bytes"], leftover_bytes, "{r}");
     assert!(!leftover.exists(), "gc removes the leftover pack");
     assert_eq!(fs::metadata(&oldest).unwrap().len(), committed, "gc cuts the uncommitted tail");
     let v = verify_ok(&repo);

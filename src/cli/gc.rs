@@ -39,8 +39,8 @@ pub fn run(a: Args) -> super::Outcome {
     } else {
         let verb = if a.dry_run { "would reclaim" } else { "reclaimed" };
         println!(
-            "{verb} {} bytes: {} unused blocks, {} packs rewritten or removed, {} written; {} bytes of garbage found, {} left in packs below {}% garbage",
-            r.bytes_reclaimed, r.blocks_removed, r.packs_removed, r.packs_written, r.garbage_bytes, r.garbage_kept, a.max_garbage
+            "{verb} {} bytes: {} unused blocks, {} packs rewritten or removed, {} written; {} bytes of garbage found, {} left in packs below {}% garbage; {} bytes left by interrupted ingests",
+            r.bytes_reclaimed, r.blocks_removed, r.packs_removed, r.packs_written, r.garbage_bytes, r.garbage_kept, a.max_garbage, r.leftover_bytes
         );
     }
     Ok(super::exit::OK)
