@@ -151,6 +151,7 @@ pub fn export(
     read?;
     let (file, data_bytes) = written.map_err(|e| Error::io(format!("cannot write {}", raw_path.display()), e))?;
     let stats = Exported { size, data_bytes };
+    stopped()?;
     file.set_len(size).map_err(|e| Error::io(format!("cannot size {}", raw_path.display()), e))?;
     file.sync_all().map_err(|e| Error::io(format!("cannot sync {}", raw_path.display()), e))?;
     drop(file);
@@ -161,17 +162,35 @@ pub fn export(
             progress(Step::Converting);
             let q = temp_beside(out, "qcow2");
             let _q_cleanup = Cleanup(Some(q.clone()));
-            let st = Command::new("qemu-img")
+            let mut child = Command::new("qemu-img")
                 .args(["convert", "-f", "raw", "-O", "qcow2"])
                 .arg(&raw_path)
                 .arg(&q)
                 .stdin(Stdio::null())
-                .output()
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
                 .map_err(|e| Error::Input(format!("cannot run qemu-img ({e}); qcow2 export needs qemu-utils")))?;
-            if !st.status.success() {
-                // A Ctrl-C on the terminal stops qemu-img too.
+            // Waited for in steps, so that a stop (which a Ctrl-C on the
+            // terminal also sends qemu-img, but SIGTERM does not) ends it.
+            let status = loop {
+                if let Some(st) = child.try_wait().map_err(|e| Error::io("cannot wait for qemu-img", e))? {
+                    break st;
+                }
+                if stop.load(Ordering::Relaxed) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    stopped()?;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            if !status.success() {
                 stopped()?;
-                return Err(Error::Input(format!("qemu-img convert failed: {}", String::from_utf8_lossy(&st.stderr).trim())));
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return Err(Error::Input(format!("qemu-img convert failed: {}", err.trim())));
             }
             stopped()?;
             File::open(&q).and_then(|f| f.sync_all()).map_err(|e| Error::io(format!("cannot sync {}", q.display()), e))?;

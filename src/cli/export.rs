@@ -71,8 +71,9 @@ pub fn run(a: Args) -> super::Outcome {
     check_output(&a.output)?;
     let started = std::time::Instant::now();
     let bar = super::progress::bytes(&a.disk, img.size());
-    // SIGINT or SIGTERM end the export cleanly (see `export`); a second
-    // one ends the process at once.
+    // SIGINT or SIGTERM end the export cleanly (see `export`): within a
+    // chunk's work, or once a final fsync in progress returns. A second
+    // one ends the process at once, leaving the temporary file.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(sig, super::exit::ERROR.into(), stop.clone())?;

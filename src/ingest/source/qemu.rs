@@ -139,8 +139,9 @@ impl QemuNbd {
         // ends with cbtfs even when cbtfs is killed and its destructors do
         // not run; left running, it would keep the image open and locked.
         // Sources are opened on the thread that runs the ingest, which
-        // outlives them. Without setpriv, qemu-nbd is run directly.
-        let mut cmd = match in_path("setpriv") {
+        // outlives them. Without a setpriv that has the option (util-linux
+        // before 2.33), qemu-nbd is run directly.
+        let mut cmd = match setpriv_with_pdeathsig() {
             Some(setpriv) => {
                 let mut c = Command::new(setpriv);
                 c.args(["--pdeathsig", "KILL", "--"]).arg(&qemu_nbd);
@@ -215,6 +216,18 @@ fn greets(socket: &Path) -> bool {
     let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
     let mut magic = [0u8; 8];
     conn.read_exact(&mut magic).is_ok() && &magic == b"NBDMAGIC"
+}
+
+/// setpriv(1), if it is on `PATH` and knows `--pdeathsig`; asked once.
+fn setpriv_with_pdeathsig() -> Option<PathBuf> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let setpriv = in_path("setpriv")?;
+            let help = Command::new(&setpriv).arg("--help").stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+            String::from_utf8_lossy(&help.stdout).contains("--pdeathsig").then_some(setpriv)
+        })
+        .clone()
 }
 
 /// The executable `name` in the first directory of `PATH` that has it.
