@@ -36,8 +36,9 @@ pub struct WriterLock {
 }
 
 /// Readers that need the repository to stay as it is (mounts, exports,
-/// verify) hold this shared; retention (forget, gc), which changes what points
-/// read and deletes packs, holds it exclusively, so the two never overlap.
+/// verify) hold this shared; retention (forget, gc), which changes what
+/// points read and deletes packs, holds it exclusively, so the two never
+/// overlap.
 /// Ingest does not take it: it only adds. Released on drop.
 pub struct ReaderLock {
     _file: Option<File>,
@@ -170,9 +171,10 @@ impl Repo {
     /// Shared reader lock, for mounts, exports and verify. It needs no
     /// write access (flock(2) on a file opened for reading), so a user who
     /// may only read the repository holds it too, and its owner cannot
-    /// prune what that user's mount shows. Writers create the lock file;
-    /// only on storage that nobody can write may it be missing, and there
-    /// nothing can be pruned.
+    /// prune what that user's mount shows. `init` makes the lock file, and
+    /// any command that can makes it in older repositories; only on
+    /// storage that nobody can write may it be missing without remedy,
+    /// and there nothing can be pruned.
     pub fn lock_readers_shared(&self) -> Result<ReaderLock> {
         let path = self.path.join(READERS_FILE);
         let file = match self.readers_file().or_else(|_| File::open(&path)) {
@@ -233,8 +235,9 @@ impl Repo {
     }
 
     /// Deletes pack files the index does not know: leftovers of an ingest
-    /// killed before its commit. Call only under the writer lock, so that
-    /// no running ingest's pack is taken for a leftover.
+    /// killed before its commit. Returns their bytes. Call only under the
+    /// writer lock, so that no running ingest's pack is taken for a
+    /// leftover.
     pub fn remove_orphan_packs(&self, lock: &WriterLock) -> Result<u64> {
         self.orphan_packs(lock, true)
     }

@@ -233,11 +233,10 @@ impl Index {
     /// Without them, an index on storage nobody can write
     /// (`read_only_storage`: a backup disk attached read-only, a read-only
     /// snapshot) cannot change, and is opened as immutable: no locks, no
-    /// log. That would
-    /// hide commits still in the log, so a non-empty log is refused, not
-    /// ignored. Anywhere else, an immutable reader would keep pages a
-    /// writer has since replaced and read blocks from the wrong places, so
-    /// opening is refused with what to do.
+    /// log. That would hide commits still in the log, so a non-empty log
+    /// is refused, not ignored. Anywhere else, an immutable reader would
+    /// keep pages a writer has since replaced and read blocks from the
+    /// wrong places, so opening is refused with what to do.
     fn open_read_only(repo: &Path, path: PathBuf, read_only_storage: bool) -> Result<Index> {
         let open = |e| IndexError::Open { path: path.clone(), source: e };
         let log_files = ["wal", "shm"].map(|x| repo.join(format!("{}-{x}", crate::format::INDEX_FILE)));
