@@ -634,11 +634,12 @@ fn killed_qcow2_ingest_leaves_no_qemu_nbd() {
     let (_, q) = raw_and_qcow2(&s, 32 << 20, 0, 8 << 20, 79);
     let before = repo_state(&repo);
     let mut ing = Ingest::new(&repo, "vm").disk("sda", &q).spawn(s.dir.path(), "ingest");
+    let pid = ing.pid();
     let started = wait_until(Duration::from_secs(10), || !qemu_nbd_serving(&q).is_empty());
     // Stopped where it is, then killed: wherever that is, qemu-nbd runs.
-    send_signal(ing.pid(), "STOP");
+    send_signal(pid, "STOP");
     let seen = qemu_nbd_serving(&q);
-    send_signal(ing.pid(), "KILL");
+    send_signal(pid, "KILL");
     ing.kill();
     let gone = wait_until(Duration::from_secs(5), || qemu_nbd_serving(&q).is_empty());
     for pid in qemu_nbd_serving(&q) {
@@ -650,4 +651,16 @@ fn killed_qcow2_ingest_leaves_no_qemu_nbd() {
     assert!(v["leftover_packs"].as_array().unwrap().len() <= 1, "{v}");
     cbtfs(&["gc", &p(&repo)]).ok();
     assert_eq!(repo_state(&repo), before, "the killed ingest recorded nothing");
+    // Its socket directory, which it could not remove, goes with the next
+    // qcow2 ingest.
+    let dead = format!("cbtfs-nbd-{pid}-");
+    let left = || {
+        fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(&dead))
+            .count()
+    };
+    assert_eq!(left(), 1, "the killed ingest's socket directory");
+    Ingest::new(&repo, "vm").disk("sda", &q).run().ok();
+    assert_eq!(left(), 0, "the next ingest removes it");
 }

@@ -230,6 +230,25 @@ fn setpriv_with_pdeathsig() -> Option<PathBuf> {
         .clone()
 }
 
+/// Removes the socket directories (`cbtfs-nbd-PID-N`) in `base` whose
+/// process is gone: a killed ingest cannot remove its own, and its
+/// qemu-nbd ends with it. Best effort; others' directories are not ours
+/// to remove and fail quietly.
+fn remove_dead_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("cbtfs-nbd-")).and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            log::debug!("removing {}, left by a process that no longer runs", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The executable `name` in the first directory of `PATH` that has it.
 fn in_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -239,9 +258,12 @@ fn in_path(name: &str) -> Option<PathBuf> {
 }
 
 /// A new directory only this user can enter, under the temporary directory.
+/// Those of processes that no longer run (killed ingests) are removed
+/// first.
 fn private_dir() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::temp_dir();
+    remove_dead_dirs(&base);
     for n in 0..1000u32 {
         let d = base.join(format!("cbtfs-nbd-{}-{n}", std::process::id()));
         match std::fs::DirBuilder::new().mode(0o700).create(&d) {
