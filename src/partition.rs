@@ -8,9 +8,9 @@
 //! the disk. Numbering follows Linux, so `sda-part5.img` is what the
 //! restored machine called `/dev/sda5`: MBR primaries 1-4, logical
 //! partitions from 5 in chain order (and on through any further extended
-//! entry's chain), counted as Linux counts them; GPT entry index + 1. MBR tables are
-//! read with 512-byte sectors (what virtual disks use); GPT with 512- or
-//! 4096-byte sectors, whichever holds a valid header.
+//! entry's chain), counted as Linux counts them; GPT entry index + 1. MBR
+//! tables are read with 512-byte sectors (what virtual disks use); GPT
+//! with 512- or 4096-byte sectors, whichever holds a valid header.
 
 use std::collections::HashSet;
 
@@ -91,24 +91,25 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-/// The four entries of a boot record, or `None` if the sector holds no
+/// The four entries of the disk's first sector, or `None` if it holds no
 /// partition table. The 0x55AA signature alone also ends a FAT or NTFS boot
 /// sector of an unpartitioned disk, so, as Linux does, entries must have a
-/// boot flag of 0 or 0x80.
+/// boot flag of 0 or 0x80 (in the first sector only: Linux does not look
+/// at the flags of the boot records of logical partitions).
 fn mbr_entries(sector: &[u8]) -> Option<[MbrEntry; 4]> {
+    let entries = boot_record_entries(sector)?;
+    (0..4).all(|i| matches!(sector[MBR_ENTRIES_AT + 16 * i], 0 | 0x80)).then_some(entries)
+}
+
+/// The four entries of a boot record, or `None` without its signature.
+fn boot_record_entries(sector: &[u8]) -> Option<[MbrEntry; 4]> {
     if sector.len() < MBR_SECTOR as usize || sector[510..512] != MBR_SIGNATURE {
         return None;
     }
-    let mut out = [MbrEntry { kind: 0, start_lba: 0, sectors: 0 }; 4];
-    for (i, e) in out.iter_mut().enumerate() {
+    Some(std::array::from_fn(|i| {
         let at = MBR_ENTRIES_AT + 16 * i;
-        let flag = sector[at];
-        if flag != 0 && flag != 0x80 {
-            return None;
-        }
-        *e = MbrEntry { kind: sector[at + 4], start_lba: le32(sector, at + 8), sectors: le32(sector, at + 12) };
-    }
-    Some(out)
+        MbrEntry { kind: sector[at + 4], start_lba: le32(sector, at + 8), sectors: le32(sector, at + 12) }
+    }))
 }
 
 /// Adds a partition after checking that it lies on the disk. One that
@@ -189,17 +190,10 @@ fn logical_partitions<E>(
             t.problems.push(format!("logical partitions: boot record at sector {this} lies past the end of the disk"));
             return Ok(());
         }
-        let sector = read(at, MBR_SECTOR as usize)?;
-        if sector.len() < MBR_SECTOR as usize || sector[510..512] != MBR_SIGNATURE {
+        let Some(entries) = boot_record_entries(&read(at, MBR_SECTOR as usize)?) else {
             t.problems.push(format!("logical partitions: no valid boot record at sector {this}"));
             return Ok(());
-        }
-        let entries: Vec<MbrEntry> = (0..4)
-            .map(|i| {
-                let at = MBR_ENTRIES_AT + 16 * i;
-                MbrEntry { kind: sector[at + 4], start_lba: le32(&sector, at + 8), sectors: le32(&sector, at + 12) }
-            })
-            .collect();
+        };
         for (i, e) in entries.iter().enumerate() {
             if e.sectors == 0 || MBR_TYPES_EXTENDED.contains(&e.kind) {
                 continue;
