@@ -664,3 +664,53 @@ fn killed_qcow2_ingest_leaves_no_qemu_nbd() {
     Ingest::new(&repo, "vm").disk("sda", &q).run().ok();
     assert_eq!(left(), 0, "the next ingest removes it");
 }
+
+/// A raw disk is its guest's to write, first bytes included: one that
+/// starts like a qcow2 image naming a file of this machine as its backing
+/// file must not be backed up as that image (which would store the host's
+/// file and lose the disk). Without `--format`, such a source is refused
+/// unless named *.qcow2; with it, it is taken for what the user says.
+#[test]
+fn a_raw_disk_that_starts_like_qcow2_is_not_taken_for_one() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let secret = s.path("host-secret.raw");
+    write_at(&secret, 0, &Rng::new(80).bytes(1 << 20));
+    let header = s.path("header.qcow2");
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", "-b", &p(&secret), "-F", "raw", &p(&header), "1M"]);
+    // The guest's 8 MiB raw disk, whose first cluster it made that header.
+    let guest = s.path("guest.img");
+    write_at(&guest, 0, &Rng::new(81).bytes(8 << 20));
+    write_at(&guest, 0, &fs::read(&header).unwrap()[..65536]);
+    let before = repo_state(&repo);
+
+    let out = Ingest::new(&repo, "vm").disk("sda", &guest).run();
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.describe());
+    assert!(out.stderr.contains("--format sda=raw") && out.stderr.contains("--format sda=qcow2"), "{}", out.describe());
+    assert_eq!(repo_state(&repo), before, "nothing recorded");
+    for (arg, says) in [("sda=vmdk", "raw or qcow2"), ("sdb=raw", "not in this ingest")] {
+        let out = Ingest::new(&repo, "vm").disk("sda", &guest).arg("--format").arg(arg).run();
+        assert_eq!(out.code, Some(1), "{}", out.describe());
+        assert!(out.stderr.contains(says), "{}", out.describe());
+    }
+    let out = Ingest::new(&repo, "vm").disk("sda", &guest).arg("--format").arg("sda=raw").arg("--format").arg("sda=qcow2").run();
+    assert!(out.stderr.contains("two formats"), "{}", out.describe());
+    assert_eq!(repo_state(&repo), before, "nothing recorded");
+
+    Ingest::new(&repo, "vm").disk("sda", &guest).arg("--format").arg("sda=raw").run().ok();
+    let restored = s.path("restored.raw");
+    cbtfs(&["export", &p(&repo), "vm", "latest", "sda", &p(&restored)]).ok();
+    assert_same_file(&restored, &guest);
+
+    // A real qcow2 image under another name: taken for qcow2 when told.
+    let (raw, q) = raw_and_qcow2(&s, 8 << 20, 1 << 20, 2 << 20, 82);
+    let img = s.path("vm-disk.img");
+    fs::rename(&q, &img).unwrap();
+    assert_eq!(Ingest::new(&repo, "vm2").disk("sda", &img).run().code, Some(1));
+    Ingest::new(&repo, "vm2").disk("sda", &img).arg("--format").arg("sda=qcow2").run().ok();
+    let restored = s.path("restored2.raw");
+    cbtfs(&["export", &p(&repo), "vm2", "latest", "sda", &p(&restored)]).ok();
+    assert_same_file(&restored, &raw);
+}

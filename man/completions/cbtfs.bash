@@ -337,7 +337,7 @@ _cbtfs() {
             return 0
             ;;
         cbtfs__subcmd__ingest)
-            opts="-v -q -h --disk --changes --bitmap --since --checkpoint --full --json --verbose --quiet --help"
+            opts="-v -q -h --disk --changes --bitmap --format --since --checkpoint --full --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -352,6 +352,10 @@ _cbtfs() {
                     return 0
                     ;;
                 --bitmap)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -46,6 +46,7 @@ complete -c cbtfs -n "__fish_cbtfs_using_subcommand init" -s h -l help -d 'Print
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l disk -d 'A disk of this point and its source: a raw image file, a block device, a qcow2 image, or an NBD export (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH); repeat per disk' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l changes -d 'Changed-block map (JSON [{"offset":BYTES,"length":BYTES},...]) of a disk since --since' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l bitmap -d 'QEMU dirty bitmap of a disk (qcow2 or NBD source) holding the changes since checkpoint BITMAP (or since --since, if given)' -r
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l format -d 'Format of a disk\'s source file or block device: raw or qcow2. Needed for a file that starts like a qcow2 image but is not named *.qcow2 (a raw disk\'s first bytes are its guest\'s to write), and for qcow2 on a block device' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l since -d 'Checkpoint the maps or bitmaps are relative to; must be the latest point\'s checkpoint to be trusted' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l checkpoint -d 'Checkpoint id of this point (unique per machine); later maps are relative to it' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand ingest" -l full -d 'Full backup of every disk, whatever the chain holds'

@@ -23,6 +23,11 @@ pub struct Args {
     /// BITMAP (or since --since, if given)
     #[arg(long = "bitmap", value_name = "NAME=BITMAP")]
     pub bitmaps: Vec<String>,
+    /// Format of a disk's source file or block device: raw or qcow2. Needed for a file that starts
+    /// like a qcow2 image but is not named *.qcow2 (a raw disk's first bytes are its guest's to write),
+    /// and for qcow2 on a block device
+    #[arg(long = "format", value_name = "NAME=FORMAT")]
+    pub formats: Vec<String>,
     /// Checkpoint the maps or bitmaps are relative to; must be the latest point's checkpoint to be trusted
     #[arg(long, value_name = "CHECKPOINT")]
     pub since: Option<String>,
@@ -56,6 +61,17 @@ pub fn run(a: Args) -> super::Outcome {
             .bitmaps
             .iter()
             .map(|s| split_pair("bitmap", s).map(|(n, b)| (n, b.to_string_lossy().into_owned())))
+            .collect::<anyhow::Result<_>>()?,
+        formats: a
+            .formats
+            .iter()
+            .map(|s| {
+                let (n, f) = split_pair("format", s)?;
+                let f = f.to_string_lossy();
+                ingest::SourceFormat::parse(&f)
+                    .map(|f| (n, f))
+                    .ok_or_else(|| anyhow!("--format {s:?}: the format must be raw or qcow2"))
+            })
             .collect::<anyhow::Result<_>>()?,
         since: a.since.clone(),
         checkpoint: a.checkpoint.clone(),

@@ -37,6 +37,7 @@ use crate::ids::{LineageId, PointDiskId};
 use crate::index::{PointDiskRow, PointRow};
 use crate::names::{check_checkpoint, check_name};
 use crate::ranges::RangeSet;
+pub use source::SourceFormat;
 use crate::repo::Repo;
 use source::Source;
 
@@ -48,6 +49,8 @@ pub struct Request {
     pub changes: Vec<(String, PathBuf)>,
     /// Dirty bitmaps: (disk, bitmap name).
     pub bitmaps: Vec<(String, String)>,
+    /// Formats of source files, where given: (disk, format).
+    pub formats: Vec<(String, SourceFormat)>,
     pub since: Option<String>,
     pub checkpoint: Option<String>,
     pub full: bool,
@@ -166,6 +169,17 @@ fn check_request(req: &Request) -> Result<()> {
             return Err(Error::Input(format!("disk {name} has two maps; give one --changes per disk")));
         }
     }
+    let mut with_format = HashSet::new();
+    for (name, _) in &req.formats {
+        if !seen.contains(name.as_str()) {
+            return Err(Error::Input(format!(
+                "--format is for disk {name}, which is not in this ingest; add --disk {name}=SOURCE or drop the format"
+            )));
+        }
+        if !with_format.insert(name.as_str()) {
+            return Err(Error::Input(format!("disk {name} has two formats; give one --format per disk")));
+        }
+    }
     let mut with_bitmap = HashSet::new();
     for (name, bitmap) in &req.bitmaps {
         if !seen.contains(name.as_str()) {
@@ -229,7 +243,8 @@ pub fn plan(repo: &Repo, req: &Request) -> Result<Plan> {
     let mut disks = Vec::new();
     for (name, path) in &req.disks {
         let bitmap = req.bitmaps.iter().find(|(n, _)| n == name).map(|(_, b)| b.as_str());
-        let source = Source::open(name, path, bitmap)?;
+        let format = req.formats.iter().find(|(n, _)| n == name).map(|&(_, f)| f);
+        let source = Source::open(name, path, bitmap, format)?;
         let map_path = req.changes.iter().find(|(n, _)| n == name).map(|(_, p)| p);
         let mut changed = match map_path {
             Some(p) => {

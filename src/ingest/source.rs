@@ -51,13 +51,54 @@ pub fn bitmap_context(name: &str) -> String {
 
 const ALLOCATION: &str = "base:allocation";
 
+/// What a source file or block device holds, where the user says so
+/// (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// The disk's bytes as they are.
+    Raw,
+    /// A qcow2 image, read through qemu-nbd.
+    Qcow2,
+}
+
+impl SourceFormat {
+    pub fn parse(s: &str) -> Option<SourceFormat> {
+        match s {
+            "raw" => Some(SourceFormat::Raw),
+            "qcow2" => Some(SourceFormat::Qcow2),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::Raw => "raw",
+            SourceFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
 impl Source {
     /// Opens the source of `disk`: an NBD URI, a qcow2 image or a raw
     /// image or block device; with `bitmap`, also finds that dirty
-    /// bitmap's changed ranges (qcow2 and NBD sources only).
-    pub fn open(disk: &str, spec: &Path, bitmap: Option<&str>) -> Result<Source> {
+    /// bitmap's changed ranges (qcow2 and NBD sources only). `format`
+    /// says which a file or block device is; without it, a file is taken
+    /// for qcow2 only when it starts like one and its name ends in
+    /// `.qcow2`. The first bytes alone do not tell: a raw disk's are
+    /// written by its guest, which could make it start like a qcow2 image
+    /// naming any file on this machine as its backing file, and a guest
+    /// that keeps a qcow2 image on a whole disk of its own does so
+    /// innocently. Either would be backed up as that image's disk instead
+    /// of the disk itself.
+    pub fn open(disk: &str, spec: &Path, bitmap: Option<&str>, format: Option<SourceFormat>) -> Result<Source> {
         let text = spec.to_string_lossy();
         if NbdUri::looks_like(&text) {
+            if let Some(f) = format {
+                return Err(Error::Input(format!(
+                    "disk {disk}: --format {disk}={} is for files and block devices; an NBD export serves the disk itself",
+                    f.as_str()
+                )));
+            }
             let uri = NbdUri::parse(&text).map_err(|e| Error::Input(format!("disk {disk}: {e}")))?;
             return Source::open_nbd(disk, spec, &uri, bitmap, None);
         }
@@ -86,7 +127,19 @@ impl Source {
                 Error::Input(format!("disk {disk}: cannot read source {}: {e}", spec.display()))
             })?;
         }
-        if ft.is_file() && magic == qemu::QCOW2_MAGIC {
+        let named_qcow2 = spec.extension().is_some_and(|e| e.eq_ignore_ascii_case("qcow2"));
+        let qcow2 = match format {
+            Some(f) => f == SourceFormat::Qcow2,
+            None if magic != qemu::QCOW2_MAGIC => false,
+            None if ft.is_file() && named_qcow2 => true,
+            None => {
+                return Err(Error::Input(format!(
+                    "disk {disk}: {} starts like a qcow2 image, but a raw disk's first bytes are its guest's to write; say which it is: --format {disk}=qcow2 to back up the image's disk, or --format {disk}=raw to back up its bytes as they are",
+                    spec.display()
+                )));
+            }
+        };
+        if qcow2 {
             drop(file);
             return Source::open_qcow2(disk, spec, bitmap);
         }
@@ -356,7 +409,7 @@ mod tests {
             f.write_all_at(&vec![i as u8 + 1; len], off).unwrap();
         }
         f.sync_all().unwrap();
-        Source::open("sda", &p, None).unwrap()
+        Source::open("sda", &p, None, None).unwrap()
     }
 
     #[test]
@@ -402,8 +455,8 @@ mod tests {
     #[test]
     fn missing_and_wrong_sources_are_input_errors() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(Source::open("sda", &dir.path().join("nope"), None), Err(Error::Input(_))));
-        assert!(matches!(Source::open("sda", dir.path(), None), Err(Error::Input(_))));
+        assert!(matches!(Source::open("sda", &dir.path().join("nope"), None, None), Err(Error::Input(_))));
+        assert!(matches!(Source::open("sda", dir.path(), None, None), Err(Error::Input(_))));
     }
 
     #[test]
@@ -417,7 +470,7 @@ mod tests {
         // An odd size: the last block is partial.
         let data: Vec<u8> = (0..(3 * 65536 + 1000)).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&p, &data).unwrap();
-        let src = Source::open("sda", &p, None).unwrap();
+        let src = Source::open("sda", &p, None, None).unwrap();
         let r = src.reader().unwrap();
         assert!(r.is_direct(), "ext4 and xfs allow direct I/O");
         let mut buf = AlignedBuf::new(2 * 65536);
