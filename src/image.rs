@@ -275,7 +275,7 @@ impl ImageReader {
             return Ok(b.clone());
         }
         let data = Arc::new(self.store.packs.read_block(&loc, &digest)?);
-        if data.len() < self.store.block_size as usize {
+        if data.len() != self.store.block_size as usize {
             return Err(short_frame(block, data.len(), self.store.block_size as usize));
         }
         self.store.cache.lru.lock().unwrap().put(id, data.clone());

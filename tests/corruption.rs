@@ -309,3 +309,40 @@ fn damage_in_a_long_sequential_read_is_eio() {
     }
     m.unmount().ok();
 }
+
+/// A damaged block size in the index (the setting every block's place is
+/// computed from): verify reports every block, a read through the mount
+/// fails with EIO instead of returning another place's bytes, and a size
+/// `init` could not have set is refused as damage by every command.
+#[test]
+fn damaged_block_size_is_reported_and_unreadable() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let src = s.path("sda.raw");
+    write_at(&src, 0, &Rng::new(9).bytes(3 << 20));
+    Ingest::new(&repo, "vm").disk("sda", &src).run().ok();
+    let set_block_size = |v: &str| {
+        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute(\"UPDATE repo_meta SET value = ? WHERE key = 'block_size'\", (sys.argv[2],))\nc.commit()\nc.close()";
+        sh("python3", &["-c", script, &p(&repo.join("index.sqlite")), v]);
+    };
+    set_block_size("32768");
+    let out = cbtfs(&["verify", &p(&repo), "--json"]);
+    assert_eq!(out.code, Some(3), "{}", out.describe());
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["damaged"].as_array().unwrap().len(), 48, "{v}");
+    assert!(v["damaged"][0]["error"].as_str().unwrap().contains("32768 bytes"), "{v}");
+    {
+        let fuse = FuseMount::start(&repo, &s.mnt("fuse"));
+        let img = File::open(fuse.image("vm", &latest_point(&repo, "vm"), "sda")).unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert_eio(img.read_exact_at(&mut buf, 32768), "a read inside a block of the wrong size");
+        assert_eio(img.read_exact_at(&mut vec![0u8; 32768], 0), "a whole block of the wrong size");
+    }
+    for bad in ["0", "12345", "1073741824"] {
+        set_block_size(bad);
+        let out = cbtfs(&["list", &p(&repo)]);
+        assert_eq!(out.code, Some(1), "{}", out.describe());
+        assert!(out.stderr.contains("damaged") && out.stderr.contains("block size"), "{}", out.describe());
+    }
+}

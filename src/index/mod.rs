@@ -315,8 +315,19 @@ impl Index {
         })
     }
 
+    /// The repository's block size; anything `init` could not have set
+    /// is damage (a wrong size would read every block from the wrong
+    /// place).
     pub fn block_size(&self) -> Result<u32> {
-        Ok(self.meta_u64("block_size")? as u32)
+        let v = self.meta_u64("block_size")?;
+        let (min, max) = (crate::format::MIN_BLOCK_SIZE as u64, crate::format::MAX_BLOCK_SIZE as u64);
+        if !v.is_power_of_two() || v < min || v > max {
+            return Err(IndexError::BadMeta {
+                path: self.path.clone(),
+                what: format!("block size {v} is not a power of two from {min} to {max}"),
+            });
+        }
+        Ok(v as u32)
     }
 
     /// Size at which a pack is closed and the next one started. Absent in

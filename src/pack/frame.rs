@@ -119,10 +119,13 @@ pub fn decode_into(
     }
     match codec {
         // Lengths checked above: the payload is the block.
-        CODEC_RAW => {
+        CODEC_RAW if payload.len() == out.len() => {
             out.copy_from_slice(payload);
             Ok(())
         }
+        // A stored block's payload is the block: a length that differs
+        // from the block's is damage, checksum or not.
+        CODEC_RAW => Err(FrameError::LengthMismatch { found_raw: raw_len, found_stored: stored_len, want_raw, want_stored }),
         CODEC_LZ4 => match lz4_flex::block::decompress_into(payload, out) {
             Ok(n) if n == raw_len as usize => Ok(()),
             Ok(n) => Err(FrameError::Decompress(format!("{n} bytes instead of {raw_len}"))),
@@ -252,6 +255,23 @@ mod tests {
         ));
         assert!(decode(&f.bytes[..f.bytes.len() - 1], f.raw_len, f.stored_len, &d).is_err());
         assert_eq!(decode(&[], 1, 1, &d), Err(FrameError::BadMagic));
+    }
+
+    /// A raw frame whose stored length differs from its block's, with a
+    /// checksum to match (a writer's bug, or made on purpose): damage, not
+    /// a panic in the thread serving the read.
+    #[test]
+    fn raw_frame_of_another_length_is_damage() {
+        let raw = sample(false);
+        let d = Digest::of(&raw);
+        let f = encode(&raw, &d);
+        assert_eq!(f.bytes[4], CODEC_RAW);
+        let mut bytes = f.bytes[..f.bytes.len() - 1].to_vec();
+        let stored = f.stored_len - 1;
+        bytes[12..16].copy_from_slice(&stored.to_le_bytes());
+        let sum = checksum(&bytes[..FRAME_HEADER_LEN], &bytes[FRAME_HEADER_LEN..]);
+        bytes[16..24].copy_from_slice(&sum.to_le_bytes());
+        assert!(matches!(decode(&bytes, f.raw_len, stored, &d), Err(FrameError::LengthMismatch { .. })));
     }
 
     #[test]
