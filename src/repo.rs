@@ -51,6 +51,12 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// Opens a lock file (the writers' or the readers'), making it if it is
+/// not there yet; its content is never used.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
+}
+
 /// Whether `e` is something an interrupted `init` leaves: the empty pack
 /// directory, the lock file, the index being built. A directory holding
 /// only those is taken over by `init` run again.
@@ -94,13 +100,7 @@ impl Repo {
         // Held until the index is in place: two inits of one directory at
         // once would build it under the same temporary name, each removing
         // or renaming the other's.
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path.join(LOCK_FILE))
-            .map_err(mkerr)?;
+        let lock = open_lock_file(&path.join(LOCK_FILE)).map_err(mkerr)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -112,7 +112,7 @@ impl Repo {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(mkerr(e)),
             _ => {}
         }
-        File::create(path.join(READERS_FILE)).map_err(mkerr)?;
+        open_lock_file(&path.join(READERS_FILE)).map_err(mkerr)?;
         // The index is created last, whole or not at all: its presence is
         // what makes the directory a repository.
         let index = Index::create(path, block_size, pack_size, now_unix())?;
@@ -142,19 +142,13 @@ impl Repo {
     /// Takes the writer lock without waiting.
     pub fn lock_writer(&self) -> Result<WriterLock> {
         let p = self.path.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&p)
-            .map_err(|e| match e.raw_os_error() {
-                Some(code) if code == nix::libc::EROFS || code == nix::libc::EACCES => Error::Input(format!(
-                    "repository {} cannot be written here ({e}); adding restore points needs write access",
-                    self.path.display()
-                )),
-                _ => Error::io(format!("cannot open lock file {}", p.display()), e),
-            })?;
+        let file = open_lock_file(&p).map_err(|e| match e.raw_os_error() {
+            Some(code) if code == nix::libc::EROFS || code == nix::libc::EACCES => Error::Input(format!(
+                "repository {} cannot be written here ({e}); adding restore points needs write access",
+                self.path.display()
+            )),
+            _ => Error::io(format!("cannot open lock file {}", p.display()), e),
+        })?;
         match file.try_lock() {
             Ok(()) => Ok(WriterLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy(self.path.clone())),
@@ -165,7 +159,7 @@ impl Repo {
     }
 
     fn readers_file(&self) -> std::io::Result<File> {
-        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.path.join(READERS_FILE))
+        open_lock_file(&self.path.join(READERS_FILE))
     }
 
     /// Shared reader lock, for mounts, exports and verify. It needs no

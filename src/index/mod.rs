@@ -251,8 +251,8 @@ impl Index {
             }
             Err(e) => log::debug!("{}: no log to follow ({e}); nothing can change it here", path.display()),
         }
-        let wal = repo.join(format!("{}-wal", crate::format::INDEX_FILE));
-        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        let [wal, _] = &log_files;
+        if std::fs::metadata(wal).is_ok_and(|m| m.len() > 0) {
             return Err(IndexError::ReadOnlyWithLog(repo.to_path_buf()));
         }
         let conn = Index::open_read_only_with(&path, "immutable=1").map_err(open)?;
