@@ -18,7 +18,7 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
     /// Another process holds the repository lock.
-    #[error("repository {0} is busy: another ingest is running; try again when it has finished")]
+    #[error("repository {0} is busy: another writer (ingest, forget or gc) holds its lock file; try again when it has finished")]
     Busy(PathBuf),
     /// A mount or verify reads the repository, and retention must not
     /// change it under them.

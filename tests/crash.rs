@@ -1,8 +1,10 @@
-//! Ingest is atomic under SIGKILL, and two ingests never interleave.
+//! Ingest is atomic under SIGKILL, two ingests never interleave, and what
+//! ingests leave in SQLite's log reads back and stays small.
 
 mod common;
 
 use common::*;
+use std::fs;
 use std::path::Path;
 use std::thread::sleep;
 use std::time::Duration;
@@ -244,4 +246,75 @@ fn ingest_into_a_full_file_system_changes_nothing() {
     verify_ok(&repo);
     let fuse = FuseMount::start(&repo, &s.mnt("m"));
     assert_same_file(&fuse.image("vm", &latest_point(&repo, "vm"), "sda"), &disk);
+}
+
+/// Small ingests leave their commits in SQLite's log instead of folding
+/// it into the index every time; once it passes 1 MiB, the ingest that
+/// took it there folds it in and empties it. Every point reads back
+/// exactly either way, from the log or from the index.
+#[test]
+fn the_log_keeps_small_ingests_and_is_folded_once_large() {
+    const FOLD: u64 = MIB;
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, Some("4K"));
+    let wal = repo.join("index.sqlite-wal");
+    let log_len = || fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let mut rng = Rng::new(0x10c);
+    let src = s.path("sda.raw");
+    write_at(&src, 0, &rng.bytes(8 * MIB as usize));
+    Ingest::new(&repo, "vm1").disk("sda", &src).checkpoint("c1").run().ok();
+    assert!(log_len() > 0, "a small full ingest left its commit in the log");
+    let mut copies = vec![s.path("v1.raw")];
+    save_copy(&src, &copies[0]);
+
+    // Incrementals of 50 random 4 KiB blocks each, by map: each adds
+    // about 100 KiB to the log.
+    let (mut folds, mut prev) = (0, log_len());
+    for i in 2..=40 {
+        let mut map = Vec::new();
+        for _ in 0..50 {
+            let at = rng.below(2048) * 4 * KIB;
+            write_at(&src, at, &rng.bytes(4 * KIB as usize));
+            map.push((at, 4 * KIB));
+        }
+        let m = s.path("map.json");
+        write_map(&m, &map);
+        let prev_cp = format!("c{}", i - 1);
+        Ingest::new(&repo, "vm1").disk("sda", &src).changes("sda", &m).since(&prev_cp).checkpoint(&format!("c{i}")).run().ok();
+        let now = log_len();
+        assert!(now <= 2 * FOLD, "the log grew to {now} bytes without being folded");
+        if now < prev {
+            assert_eq!(now, 0, "a folded log is emptied");
+            folds += 1;
+        }
+        prev = now;
+        if i % 10 == 0 {
+            copies.push(s.path(&format!("v{i}.raw")));
+            save_copy(&src, copies.last().unwrap());
+        }
+    }
+    assert!((1..=13).contains(&folds), "{folds} folds in 39 small ingests");
+    assert!(log_len() > 0, "the last ingests' commits stay in the log");
+
+    let names = point_names(&repo, "vm1");
+    assert_eq!(names.len(), 40);
+    let fuse = FuseMount::start(&repo, &s.mnt("log"));
+    for (copy, idx) in copies.iter().zip([0usize, 9, 19, 29, 39]) {
+        assert_same_file(&fuse.image("vm1", &names[idx], "sda"), copy);
+    }
+    drop(fuse);
+    verify_ok(&repo);
+
+    // A copy of the directory, taken under the writers' lock as the README
+    // says, is the whole repository: its last commits are in the log.
+    let copy = s.path("copy");
+    let lock = p(&repo.join("lock"));
+    sh("flock", &[&lock, "cp", "-a", &p(&repo), &p(&copy)]);
+    assert!(fs::metadata(copy.join("index.sqlite-wal")).unwrap().len() > 0);
+    assert_eq!(point_names(&copy, "vm1"), names);
+    let fuse = FuseMount::start(&copy, &s.mnt("copy"));
+    assert_same_file(&fuse.image("vm1", &names[39], "sda"), copies.last().unwrap());
+    drop(fuse);
+    verify_ok(&copy);
 }

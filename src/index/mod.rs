@@ -112,6 +112,11 @@ pub struct Index {
     path: PathBuf,
 }
 
+/// Log size past which an ingest folds the log into the index as it ends
+/// ([`Index::fold_large_log`]); well below the 1000 pages at which SQLite
+/// folds it on its own, which would leave the file at that size.
+pub const LOG_FOLD_BYTES: u64 = 1 << 20;
+
 /// The name an index is built under by [`Index::create`].
 pub const INDEX_BUILDING: &str = "index.sqlite.init";
 
@@ -210,8 +215,8 @@ impl Index {
         // connection closes, instead of folding the log in and deleting
         // both: a user who may read the repository but not write it can
         // follow a writer only through them (see `open_read_only`).
-        // Ingest, forget and gc fold the log in as they finish, and SQLite
-        // does once it holds 1000 pages, so it stays small.
+        // Forget and gc fold the log in as they finish, ingests once it
+        // passes `LOG_FOLD_BYTES`, so it stays small.
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(open)?;
         migrate::migrate(&mut conn)?;
         Ok(Index { conn, path })
@@ -298,6 +303,24 @@ impl Index {
 
     pub fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Folds the log into the index and empties it, once it holds more
+    /// than [`LOG_FOLD_BYTES`]. Best effort: readers may keep part of it
+    /// busy, and the next writer tries again.
+    ///
+    /// A log left small costs readers nothing worth measuring, while
+    /// folding it costs a writer three fsyncs, and SQLite starting the
+    /// emptied log again at the next commit two more: half of what a
+    /// small incremental cost. A large one (after a full ingest) is
+    /// folded, since SQLite would reuse it but never shrink it while
+    /// mounts hold the index open.
+    pub fn fold_large_log(&self) {
+        let mut log = self.path.clone().into_os_string();
+        log.push("-wal");
+        if std::fs::metadata(&log).is_ok_and(|m| m.len() > LOG_FOLD_BYTES) {
+            let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        }
     }
 
     pub fn conn_mut(&mut self) -> &mut Connection {

@@ -336,11 +336,9 @@ impl Plan {
                     p.publish();
                 }
                 committed?;
-                // An ingest is one transaction, so the WAL grew to about the
-                // size of what it added; fold it back into the index so it
-                // does not stay that large while mounts hold the file open.
-                // Best effort: readers may keep part of it busy.
-                let _ = repo.index.conn().execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+                // An ingest is one transaction, so the log grew by about the
+                // size of what it added.
+                repo.index.fold_large_log();
                 Ok(report)
             }
             Err(e) => {
