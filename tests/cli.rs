@@ -267,3 +267,41 @@ fn allow_other_lets_other_users_read() {
     let _ = proc_.wait_timeout(std::time::Duration::from_secs(10));
     assert!(st.success(), "with --allow-other, another user reads the same bytes");
 }
+
+/// Output into a pipe whose reader has gone (`cbtfs list | head -1`):
+/// the command still ends as it would have, with its own exit code and no
+/// panic, since its work is done.
+#[test]
+fn a_reader_that_goes_away_changes_no_exit_code() {
+    let s = Scratch::new();
+    let (repo, _) = two_points(&s);
+    let r = p(&repo);
+    let gone = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(bin()).args(args).stdout(writer).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    for args in [
+        vec!["list", r.as_str()],
+        vec!["list", r.as_str(), "--json"],
+        vec!["stats", r.as_str()],
+        vec!["verify", r.as_str(), "--json"],
+        vec!["protect", r.as_str(), "vm1", "1"],
+    ] {
+        let (code, err) = gone(&args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // The export is published, and says so in its exit code.
+    let out = s.path("sda.img");
+    let (code, err) = gone(&["export", &r, "vm1", "latest", "sda", &p(&out), "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.exists());
+    // Damage found is still exit code 3.
+    let pack = pack_paths(&repo)[0].clone();
+    let f = fs::OpenOptions::new().write(true).open(&pack).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"\xff\xff\xff\xff", 4096).unwrap();
+    let (code, err) = gone(&["verify", &r]);
+    assert_eq!(code, Some(3), "{err}");
+}

@@ -90,9 +90,9 @@ pub fn run(a: Args) -> super::Outcome {
             "format": a.format, "size": r.size, "data_bytes": r.data_bytes,
             "seconds": started.elapsed().as_secs_f64(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!(
+        outln!(
             "{} {} {}: {} bytes written to {} ({}, {} bytes of data)",
             a.machine,
             point.name(),
@@ -101,7 +101,7 @@ pub fn run(a: Args) -> super::Outcome {
             a.output.display(),
             a.format,
             r.data_bytes
-        );
+        )?;
     }
     Ok(super::exit::OK)
 }

@@ -100,18 +100,18 @@ pub fn run(a: Args) -> super::Outcome {
             "kept_protected": protected_kept,
             "versions_removed": forgotten.versions_removed,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         let verb = if a.dry_run { "would forget" } else { "forgot" };
-        println!("{}: {verb} {} restore point(s)", a.machine, forgotten.points.len());
+        outln!("{}: {verb} {} restore point(s)", a.machine, forgotten.points.len())?;
         for n in &forgotten.points {
-            println!("  {n}");
+            outln!("  {n}")?;
         }
         for n in &protected_kept {
-            println!("  kept {n} (protected)");
+            outln!("  kept {n} (protected)")?;
         }
         if !a.dry_run && !forgotten.points.is_empty() {
-            println!("run `cbtfs gc {}` to reclaim the space", a.repo.display());
+            outln!("run `cbtfs gc {}` to reclaim the space", a.repo.display())?;
         }
     }
     Ok(super::exit::OK)

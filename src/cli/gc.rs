@@ -35,13 +35,13 @@ pub fn run(a: Args) -> super::Outcome {
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["dry_run"] = serde_json::json!(a.dry_run);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         let verb = if a.dry_run { "would reclaim" } else { "reclaimed" };
-        println!(
+        outln!(
             "{verb} {} bytes: {} unused blocks, {} packs rewritten or removed, {} written; {} bytes of garbage found, {} left in packs below {}% garbage; {} bytes left by interrupted ingests",
             r.bytes_reclaimed, r.blocks_removed, r.packs_removed, r.packs_written, r.garbage_bytes, r.garbage_kept, a.max_garbage, r.leftover_bytes
-        );
+        )?;
     }
     Ok(super::exit::OK)
 }

@@ -104,14 +104,14 @@ pub fn run(a: Args) -> super::Outcome {
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["seconds"] = serde_json::json!(secs);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!("{} {}: restore point {} in {secs:.2}s", report.machine, report.checkpoint.as_deref().unwrap_or("-"), report.point);
+        outln!("{} {}: restore point {} in {secs:.2}s", report.machine, report.checkpoint.as_deref().unwrap_or("-"), report.point)?;
         for d in &report.disks {
-            println!(
+            outln!(
                 "  {:<12} {:>5}  {} bytes, {} blocks read, {} stored ({} bytes), {} deduplicated",
                 d.name, d.kind, d.size, d.blocks_read, d.blocks_stored, d.bytes_stored, d.blocks_deduplicated
-            );
+            )?;
         }
     }
     Ok(super::exit::OK)

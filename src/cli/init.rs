@@ -58,7 +58,7 @@ pub fn run(a: Args) -> super::Outcome {
     Repo::init(&a.repo, a.block_size, a.pack_size)?;
     let kib = a.block_size / 1024;
     let note = if a.block_size == DEFAULT_BLOCK_SIZE { " (default)" } else { "" };
-    println!("initialised repository {} with {kib} KiB blocks{note}", a.repo.display());
+    outln!("initialised repository {} with {kib} KiB blocks{note}", a.repo.display())?;
     Ok(super::exit::OK)
 }
 

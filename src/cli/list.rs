@@ -18,23 +18,23 @@ pub fn run(a: Args) -> super::Outcome {
     let repo = Repo::open(&a.repo)?;
     let l = listing(&repo.index, a.machine.as_deref())?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&l)?);
+        outln!("{}", serde_json::to_string_pretty(&l)?)?;
         return Ok(super::exit::OK);
     }
     for m in &l.machines {
-        println!("{}", m.name);
+        outln!("{}", m.name)?;
         for p in &m.points {
-            println!(
+            outln!(
                 "  {}  {}  checkpoint {}  {}{}",
                 p.name,
                 p.created,
                 p.checkpoint.as_deref().unwrap_or("-"),
                 p.kind,
                 if p.protected { "  protected" } else { "" }
-            );
+            )?;
             for d in &p.disks {
                 let why = d.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-                println!("      {:<12} {:>15} bytes  {}{why}", d.name, d.size, d.kind);
+                outln!("      {:<12} {:>15} bytes  {}{why}", d.name, d.size, d.kind)?;
             }
         }
     }

@@ -2,6 +2,14 @@
 //! its `run`. User-facing messages go to stdout/stderr here; diagnostics go
 //! through `log` (RUST_LOG).
 
+/// `println!` for a command's output: see [`out`]. Evaluates to an
+/// `io::Result`, to be `?`-ed.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!($($arg)*))
+    };
+}
+
 pub mod docs;
 pub mod export;
 pub mod forget;
@@ -24,6 +32,21 @@ static QUIET: AtomicBool = AtomicBool::new(false);
 /// `--quiet` was given: no progress bars, no warnings or notes.
 pub fn quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
+}
+
+/// Writes a line of a command's output to stdout.
+///
+/// A reader that has gone away (`cbtfs list | head -1`, `grep -q`) is no
+/// failure of the command: what it did is done, so the rest of the output
+/// is dropped and its exit code stands (`println!` would panic with exit
+/// code 101). Any other failure to write, such as a full disk under a
+/// redirect, is an error.
+pub fn out(line: std::fmt::Arguments) -> std::io::Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
 }
 
 pub fn set_quiet(q: bool) {

@@ -23,6 +23,6 @@ pub fn run(a: Args) -> super::Outcome {
     let points = repo.index.points(machine)?;
     let p = retention::find_point(&points, &a.point, &a.machine)?;
     retention::set_protected(&repo.index, p.id, !a.off)?;
-    println!("{} {}: {}", a.machine, p.name(), if a.off { "not protected" } else { "protected" });
+    outln!("{} {}: {}", a.machine, p.name(), if a.off { "not protected" } else { "protected" })?;
     Ok(super::exit::OK)
 }

@@ -19,7 +19,7 @@ pub fn run(a: Args) -> super::Outcome {
     let r = verify(&repo, |d, t| bar.update(d, t))?;
     bar.finish();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
     } else {
         for p in &r.index_problems {
             eprintln!("index damaged: {p}");
@@ -41,7 +41,7 @@ pub fn run(a: Args) -> super::Outcome {
             eprintln!("note: pack {} has {} bytes past its committed end (left by an interrupted ingest, or being written now); `cbtfs gc` cuts them off, as does the next ingest that appends to that pack", t.pack, t.bytes);
         }
         if r.ok {
-            println!("ok: {} blocks ({} bytes) checked", r.blocks_checked, r.bytes_checked);
+            outln!("ok: {} blocks ({} bytes) checked", r.blocks_checked, r.bytes_checked)?;
         } else {
             eprintln!("DAMAGE: {} of {} blocks damaged", r.damaged.len(), r.blocks_checked);
         }
