@@ -37,9 +37,15 @@ pub struct Exported {
 }
 
 /// A path in the same directory as `out`, for writing before the rename.
+/// The target's name is shortened in it where needed, so that a name
+/// near the file system's limit (255 bytes) still has a temporary one.
 fn temp_beside(out: &Path, what: &str) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    out.with_file_name(format!(".{name}.{what}-{}", std::process::id()))
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let name = out.file_name().map(OsStrExt::as_bytes).unwrap_or_default();
+    let mut temp = b".".to_vec();
+    temp.extend_from_slice(&name[..name.len().min(200)]);
+    temp.extend_from_slice(format!(".{what}-{}", std::process::id()).as_bytes());
+    out.with_file_name(std::ffi::OsString::from_vec(temp))
 }
 
 /// Removes a path on drop unless disarmed.
@@ -63,12 +69,33 @@ pub enum Step {
     Converting,
 }
 
-/// Refuses an output path that exists: an export never replaces a file.
+/// Refuses an output path that exists (an export never replaces a file),
+/// or that could not be created: checked before the copy, which may take
+/// long, rather than at its end.
 pub fn check_output(out: &Path) -> Result<()> {
-    if out.exists() || out.is_symlink() {
-        return Err(Error::Input(format!("{} exists; remove it or choose another name", out.display())));
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    let shown = out.display();
+    match out.symlink_metadata() {
+        Ok(m) if m.file_type().is_block_device() => {
+            return Err(Error::Input(format!(
+                "{shown} is a block device; export writes a new file. To restore onto a disk, \
+                 copy the image from `cbtfs mount`: dd if=MOUNT/MACHINE/POINT/DISK.img of={shown} bs=4M conv=fsync"
+            )));
+        }
+        Ok(_) => return Err(Error::Input(format!("{shown} exists; remove it or choose another name"))),
+        Err(_) => {}
     }
-    Ok(())
+    let bytes = out.as_os_str().as_bytes();
+    if bytes.ends_with(b"/") || out.file_name().is_none() {
+        return Err(Error::Input(format!("{shown} is not a file name; name the file to write")));
+    }
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::Input(format!("{} is not a directory", dir.display()))),
+        Err(e) => Err(Error::io(format!("cannot write to directory {}", dir.display()), e)),
+    }
 }
 
 /// Writes `img` to `out` (which must not exist) in `format`, reporting
@@ -93,6 +120,13 @@ pub fn export(
         Ok(())
     };
     check_output(out)?;
+    let size = img.size();
+    if format == Format::Qcow2 && size % 512 != 0 {
+        return Err(Error::Input(format!(
+            "the disk is {size} bytes, not a whole number of 512-byte sectors, which a qcow2 image cannot hold; \
+             export it as raw"
+        )));
+    }
     let raw_path = temp_beside(out, "raw");
     let cleanup = Cleanup(Some(raw_path.clone()));
     let file = OpenOptions::new()
@@ -100,7 +134,6 @@ pub fn export(
         .create_new(true)
         .open(&raw_path)
         .map_err(|e| Error::io(format!("cannot create {}", raw_path.display()), e))?;
-    let size = img.size();
     // Writing copies every byte into the page cache, costing about as much
     // as reading it out of the packs; a thread of its own overlaps the two.
     // Buffers written go back to the reader, which reads over their old
@@ -164,8 +197,8 @@ pub fn export(
             let _q_cleanup = Cleanup(Some(q.clone()));
             let mut child = Command::new("qemu-img")
                 .args(["convert", "-f", "raw", "-O", "qcow2"])
-                .arg(&raw_path)
-                .arg(&q)
+                .arg(crate::qemu_args::file_arg(&raw_path))
+                .arg(crate::qemu_args::file_arg(&q))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())

@@ -119,6 +119,17 @@ fn bad_sources() {
         &f,
         &ingest_args(&f, "vm1", &args(&["--disk", &format!("sda={}", p(&dir))])),
     );
+    // A named pipe: refused at once, not opened (which would wait for a
+    // writer while holding the repository's lock).
+    let fifo = f.s.path("a-fifo");
+    sh("mkfifo", &[&p(&fifo)]);
+    let before = repo_state(&f.repo);
+    let out = spawn_cbtfs(&ingest_args(&f, "vm1", &args(&["--disk", &format!("sda={}", p(&fifo))])), f.s.dir.path(), "fifo")
+        .wait_timeout(std::time::Duration::from_secs(20));
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert_one_line_error(&out);
+    assert!(out.stderr.contains("not a regular file or a block device"), "{}", out.describe());
+    assert_eq!(repo_state(&f.repo), before);
     // One good and one missing disk: nothing is stored.
     refused(
         &f,

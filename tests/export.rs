@@ -83,6 +83,77 @@ fn export_bad_input_leaves_nothing() {
     assert_eq!(o.code, Some(2), "{}", o.describe());
 }
 
+/// Targets that cannot be written are refused before anything is copied,
+/// with what to do; names qemu-img would take for something else than a
+/// file, and names near the file system's limit, work.
+#[test]
+fn export_targets_as_a_user_names_them() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    // Not a whole number of sectors: a raw image holds it, qcow2 cannot.
+    let disk = s.path("sda.raw");
+    write_at(&disk, 0, &Rng::new(44).bytes(100_000));
+    Ingest::new(&repo, "vm1").disk("sda", &disk).run().ok();
+    let r = p(&repo);
+    let out_dir = s.path("out");
+    fs::create_dir(&out_dir).unwrap();
+    let export = |target: &str, format: &str| {
+        let o = Command::new(bin())
+            .args(["export", &r, "vm1", "latest", "sda", target, "--format", format])
+            .current_dir(&out_dir)
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+
+    // A time in the name: qemu-img reads `NAME:` as a protocol.
+    let (code, err) = export("web01-2026-12-01T10:00.qcow2", "qcow2");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("512-byte sectors") && err.contains("raw"), "{err}");
+    let (code, err) = export("web01-2026-12-01T10:00.img", "raw");
+    assert_eq!(code, Some(0), "{err}");
+    assert_same_file(&out_dir.join("web01-2026-12-01T10:00.img"), &disk);
+
+    let long = "x".repeat(250);
+    let (code, err) = export(&long, "raw");
+    assert_eq!(code, Some(0), "{err}");
+    assert_same_file(&out_dir.join(&long), &disk);
+
+    fs::write(out_dir.join("file"), b"").unwrap();
+    let dev = sh("losetup", &["-f", "--show", &p(&disk)]).trim().to_string();
+    let cases = [
+        ("newdir/", "not a file name"),
+        ("missing/sda.img", "cannot write to directory missing: No such file"),
+        ("file/sda.img", "file is not a directory"),
+        (dev.as_str(), "is a block device"),
+    ];
+    for (target, needle) in cases {
+        let (code, err) = export(target, "raw");
+        assert_eq!(code, Some(1), "{target}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{target} must say {needle:?}: {err}");
+    }
+    sh("losetup", &["-d", &dev]);
+    let mut left: Vec<String> = fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["file", "web01-2026-12-01T10:00.img", long.as_str()]);
+
+    // A disk of whole sectors, to a qcow2 named with a time.
+    let disk2 = s.path("sdb.raw");
+    write_at(&disk2, 0, &Rng::new(45).bytes(1 << 20));
+    Ingest::new(&repo, "vm1").disk("sda", &disk2).run().ok();
+    let (code, err) = export("web01-2026-12-01T10:00.qcow2", "qcow2");
+    assert_eq!(code, Some(0), "{err}");
+    let st = Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "qcow2", "-F", "raw", "./web01-2026-12-01T10:00.qcow2"])
+        .arg(&disk2)
+        .current_dir(&out_dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "the qcow2 export must hold the same disk");
+}
+
 /// A target file system that fills up mid-export: the writer's error is
 /// reported (exit 1, "cannot write"), and neither the output nor its
 /// temporary file is left behind.

@@ -299,5 +299,10 @@ fn gpt_partitions_numbered_by_entry_and_read_from_backup_header() {
     assert!(err.stderr.contains("no partition 2") && err.stderr.contains("sda-part1, sda-part3"), "{}", err.describe());
     let err = cbtfs(&["export", &p(&repo), "vm2", "latest", "sdb-part1", &p(&missing)]).code_is(1);
     assert!(err.stderr.contains("no partition table"), "{}", err.describe());
+    // Only as the mount spells it.
+    for name in ["sda-part03", "sda-part+3"] {
+        let err = cbtfs(&["export", &p(&repo), "vm1", "latest", name, &p(&missing)]).code_is(1);
+        assert!(err.stderr.contains(&format!("no disk {name}")), "{}", err.describe());
+    }
     assert!(!missing.exists());
 }

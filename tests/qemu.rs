@@ -352,6 +352,17 @@ fn bad_nbd_sources_are_refused() {
     assert!(matches!(out.code, Some(c) if c != 0), "{}", out.describe());
     assert!(out.stderr.contains("--changes map"), "{}", out.describe());
     assert_eq!(repo_state(&repo), before);
+
+    // The bitmap of the checkpoint being recorded holds the changes from
+    // now on: with --since it would have been trusted for the past.
+    let q2 = s.path("disk2.qcow2");
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", &p(&q2), "8M"]);
+    bitmap_add(&q2, "c1");
+    let out = Ingest::new(&repo, "vm1").disk("sda", &q2).arg("--bitmap").arg("sda=c1").since("c0").checkpoint("c1").run();
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.describe());
+    assert!(out.stderr.contains("named after the checkpoint this ingest records"), "{}", out.describe());
+    assert_eq!(repo_state(&repo), before);
 }
 
 /// A stand-in NBD server (Python) that misbehaves on purpose: MODE is
@@ -577,6 +588,25 @@ fn qcow2_sources_on_file_systems_without_direct_io() {
     for machine in ["disk", "mem"] {
         assert_same_file(&fuse.image(machine, &point_names(&repo, machine)[0], "sda"), &raw);
     }
+}
+
+/// A qcow2 image named with a time, given by a relative name: QEMU would
+/// read `NAME:` as a protocol; cbtfs names it as a file.
+#[test]
+fn qcow2_source_with_a_colon_in_its_relative_name() {
+    let s = Scratch::new();
+    let repo = s.repo();
+    init_repo(&repo, None);
+    let (raw, q) = raw_and_qcow2(&s, 8 << 20, 1 << 20, 2 << 20, 78);
+    fs::rename(&q, s.path("web01-2026-12-01T10:00.qcow2")).unwrap();
+    let o = Command::new(bin())
+        .args(["ingest", &p(&repo), "vm1", "--disk", "sda=web01-2026-12-01T10:00.qcow2"])
+        .current_dir(s.dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fuse = FuseMount::start(&repo, &s.mnt("fuse"));
+    assert_same_file(&fuse.image("vm1", &point_names(&repo, "vm1")[0], "sda"), &raw);
 }
 
 /// A qcow2 source on a machine without qemu-nbd: one clear error naming

@@ -44,10 +44,10 @@ pub fn run(a: Args) -> super::Outcome {
     let disks = repo.index.point_disks(point.id)?;
     let store = Store::new(&repo.path, 64 << 20, repo.block_size);
     // A disk, or one of its partitions by its file name in the mount
-    // (DISK-partN).
+    // (DISK-partN), spelt as the mount spells it (not `sda-part01`).
     let part_of = |d: &cbtfs::index::PointDiskRow| {
         let n = a.disk.strip_prefix(d.name.as_str())?.strip_prefix("-part")?.parse::<u32>().ok()?;
-        Some(n)
+        (catalog::partition_name(&d.name, n) == a.disk).then_some(n)
     };
     let img = if let Some(d) = disks.iter().find(|d| d.name == a.disk) {
         ImageReader::new(store, d.lineage, point.seq, d.size)

@@ -195,6 +195,16 @@ fn check_request(req: &Request) -> Result<()> {
         }
         // Bitmap names double as checkpoint names: the same rules.
         check_checkpoint(bitmap)?;
+        // The bitmap named after the checkpoint being recorded started
+        // with it (`qemu-img bitmap --add` just before this ingest): it
+        // holds the changes from now on, and with --since it would be
+        // trusted for those since the latest point.
+        if req.checkpoint.as_deref() == Some(bitmap.as_str()) {
+            return Err(Error::Input(format!(
+                "disk {name}: bitmap {bitmap} is named after the checkpoint this ingest records, so it counts changes from now on; \
+                 give the bitmap of the latest restore point's checkpoint"
+            )));
+        }
     }
     if let Some(c) = &req.checkpoint {
         check_checkpoint(c)?;

@@ -102,6 +102,16 @@ impl Source {
             let uri = NbdUri::parse(&text).map_err(|e| Error::Input(format!("disk {disk}: {e}")))?;
             return Source::open_nbd(disk, spec, &uri, bitmap, None);
         }
+        let not_a_disk = || {
+            Error::Input(format!("disk {disk}: source {} is not a regular file or a block device", spec.display()))
+        };
+        let is_disk = |ft: std::fs::FileType| ft.is_file() || ft.is_block_device();
+        // Checked before opening too: opening a named pipe waits for a
+        // writer (holding the repository's lock meanwhile), and opening
+        // some devices acts (a tape rewinds).
+        if std::fs::metadata(spec).is_ok_and(|m| !is_disk(m.file_type())) {
+            return Err(not_a_disk());
+        }
         let file = File::open(spec).map_err(|e| {
             Error::Input(format!("disk {disk}: cannot open source {}: {e}", spec.display()))
         })?;
@@ -109,11 +119,8 @@ impl Source {
             Error::Input(format!("disk {disk}: cannot stat source {}: {e}", spec.display()))
         })?;
         let ft = meta.file_type();
-        if !(ft.is_file() || ft.is_block_device()) {
-            return Err(Error::Input(format!(
-                "disk {disk}: source {} is not a regular file or a block device",
-                spec.display()
-            )));
+        if !is_disk(ft) {
+            return Err(not_a_disk());
         }
         let mut f = &file;
         let size = f.seek(SeekFrom::End(0)).map_err(|e| {

@@ -24,7 +24,7 @@ impl Qcow2Info {
     pub fn read(path: &Path) -> Result<Qcow2Info, String> {
         let out = Command::new("qemu-img")
             .args(["info", "--output=json", "-f", "qcow2"])
-            .arg(path)
+            .arg(crate::qemu_args::file_arg(path))
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("cannot run qemu-img to read {} ({e}); qcow2 sources need qemu-utils", path.display()))?;
@@ -159,7 +159,7 @@ impl QemuNbd {
         if let Some(b) = bitmap {
             cmd.arg("--bitmap").arg(b);
         }
-        cmd.arg(image).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.arg(crate::qemu_args::file_arg(image)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
