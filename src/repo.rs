@@ -141,6 +141,12 @@ impl Repo {
 
     /// Takes the writer lock without waiting.
     pub fn lock_writer(&self) -> Result<WriterLock> {
+        self.lock_writer_with(false)
+    }
+
+    /// [`Repo::lock_writer`], waiting for the writer that holds it when
+    /// `wait`.
+    fn lock_writer_with(&self, wait: bool) -> Result<WriterLock> {
         let p = self.path.join(LOCK_FILE);
         let file = open_lock_file(&p).map_err(|e| match e.raw_os_error() {
             Some(code) if code == nix::libc::EROFS || code == nix::libc::EACCES => Error::Input(format!(
@@ -149,6 +155,10 @@ impl Repo {
             )),
             _ => Error::io(format!("cannot open lock file {}", p.display()), e),
         })?;
+        if wait {
+            file.lock().map_err(|e| Error::io(format!("cannot lock {}", p.display()), e))?;
+            return Ok(WriterLock { _file: file });
+        }
         match file.try_lock() {
             Ok(()) => Ok(WriterLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy(self.path.clone())),
@@ -207,6 +217,35 @@ impl Repo {
             Ok(()) => Ok(ReaderLock { _file: Some(file) }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::InUse(self.path.clone())),
             Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock the repository", e)),
+        }
+    }
+
+    /// The locks forget and gc hold: the writers' (no ingest meanwhile)
+    /// and the readers', exclusively (no mount, export or verify).
+    /// Without `wait`, either being held is an error ([`Error::Busy`],
+    /// [`Error::InUse`]). With `wait`, it waits for each in turn, never
+    /// holding one while it waits for the other: holding the writers' lock
+    /// while waiting for a mount that may run for days would fail every
+    /// ingest meanwhile, and holding the readers' lock while an ingest
+    /// ends would refuse new mounts.
+    pub fn lock_for_pruning(&self, wait: bool) -> Result<(WriterLock, ReaderLock)> {
+        if !wait {
+            let writer = self.lock_writer()?;
+            return Ok((writer, self.lock_readers_exclusive(false)?));
+        }
+        loop {
+            let readers = self.lock_readers_exclusive(true)?;
+            match self.lock_writer() {
+                Ok(writer) => return Ok((writer, readers)),
+                Err(Error::Busy(_)) => drop(readers),
+                Err(e) => return Err(e),
+            }
+            let writer = self.lock_writer_with(true)?;
+            match self.lock_readers_exclusive(false) {
+                Ok(readers) => return Ok((writer, readers)),
+                Err(Error::InUse(_)) => drop(writer),
+                Err(e) => return Err(e),
+            }
         }
     }
 

@@ -207,10 +207,36 @@ fn retention_waits_for_mounts() {
         let seq = pt["seq"].as_u64().unwrap();
         assert_same_file(&fuse.image("vm1", pt["name"].as_str().unwrap(), "sda"), &states[&seq]);
     }
+    // Backups go on meanwhile: the waiting forget holds no lock.
+    let disk = s.path("disk.raw");
+    Ingest::new(&repo, "vm1").disk("sda", &disk).checkpoint("c5").run().ok();
+    let mut gc_waiting = spawn_cbtfs(&["gc", &p(&repo), "--wait"], s.dir.path(), "gc-wait");
+    sleep(Duration::from_millis(300));
+    Ingest::new(&repo, "vm1").disk("sda", &disk).checkpoint("c6").run().ok();
+    assert!(waiting.try_wait().is_none() && gc_waiting.try_wait().is_none(), "forget and gc must wait for the mount");
     fuse.unmount().ok();
     let out = waiting.wait_timeout(Duration::from_secs(30));
     assert_eq!(out.code, Some(0), "{}", out.describe());
-    assert_eq!(seqs(&repo), vec![2, 3, 4]);
+    let out = gc_waiting.wait_timeout(Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(seqs(&repo), vec![2, 3, 4, 5, 6]);
+
+    // An ingest (here its lock, held with flock(1)): without --wait, exit
+    // 4 naming every writer; with it, gc runs once the ingest ends.
+    let lock = p(&repo.join("lock"));
+    let mut holder = std::process::Command::new("flock").args(["-x", "--no-fork", &lock, "sleep", "2"]).spawn().unwrap();
+    sleep(Duration::from_millis(300));
+    let out = cbtfs(&["gc", &p(&repo)]);
+    assert_eq!(out.code, Some(4), "{}", out.describe());
+    assert!(out.stderr.contains("another writer (ingest, forget or gc)"), "{}", out.describe());
+    let started = std::time::Instant::now();
+    let out = spawn_cbtfs(&["gc", &p(&repo), "--wait"], s.dir.path(), "gc-ingest").wait_timeout(Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(started.elapsed() > Duration::from_millis(1200), "gc --wait ran before the ingest's lock was released");
+    let _ = holder.wait();
+    let fuse = FuseMount::start(&repo, &s.mnt("m2"));
+    let latest = points(&repo, "vm1").last().unwrap()["name"].as_str().unwrap().to_string();
+    assert_same_file(&fuse.image("vm1", &latest, "sda"), &disk);
 }
 
 /// While forget or gc holds the repository (here: its exclusive readers

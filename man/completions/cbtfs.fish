@@ -71,14 +71,14 @@ complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l keep-daily -d 'Ke
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l keep-weekly -d 'Keep the newest point of each of the newest N weeks (Monday to Sunday, UTC)' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l keep-monthly -d 'Keep the newest point of each of the newest N months (UTC)' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l dry-run -d 'Show what would be forgotten; change nothing'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l wait -d 'Wait for mounts and verifies of the repository to end instead of failing (exit 4)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l wait -d 'Wait for mounts, exports, verifies and ingests of the repository to end instead of failing (exit 4)'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -l json -d 'Print a JSON summary on stdout'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand forget" -s h -l help -d 'Print help'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -l max-garbage -d 'Rewrite packs in which more than this share of the bytes is garbage (0 to 100)' -r
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -l max-garbage -d 'Rewrite packs in which at least this share of the bytes is garbage (0 to 100)' -r
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -l dry-run -d 'Report what would be reclaimed; change nothing'
-complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -l wait -d 'Wait for mounts and verifies of the repository to end instead of failing (exit 4)'
+complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -l wait -d 'Wait for mounts, exports, verifies and ingests of the repository to end instead of failing (exit 4)'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -l json -d 'Print a JSON summary on stdout'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -s v -l verbose -d 'More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides instead)'
 complete -c cbtfs -n "__fish_cbtfs_using_subcommand gc" -s q -l quiet -d 'No progress bars, warnings or notes; errors and results only'

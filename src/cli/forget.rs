@@ -29,7 +29,7 @@ pub struct Args {
     /// Show what would be forgotten; change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Wait for mounts and verifies of the repository to end instead of failing (exit 4)
+    /// Wait for mounts, exports, verifies and ingests of the repository to end instead of failing (exit 4)
     #[arg(long)]
     pub wait: bool,
     /// Print a JSON summary on stdout
@@ -54,8 +54,7 @@ pub fn run(a: Args) -> super::Outcome {
         bail!("this policy keeps no restore point; keep at least one (e.g. --keep-last 1)");
     }
     let repo = Repo::open(&a.repo)?;
-    let _writer = repo.lock_writer()?;
-    let _readers = repo.lock_readers_exclusive(a.wait)?;
+    let (_writer, _readers) = repo.lock_for_pruning(a.wait)?;
     let idx = &repo.index;
     let machine = cbtfs::list::machine(idx, &a.machine)?;
     let all = idx.points(machine)?;

@@ -8,13 +8,13 @@ use cbtfs::repo::Repo;
 pub struct Args {
     /// Repository directory
     pub repo: PathBuf,
-    /// Rewrite packs in which more than this share of the bytes is garbage (0 to 100)
+    /// Rewrite packs in which at least this share of the bytes is garbage (0 to 100)
     #[arg(long, value_name = "PERCENT", default_value_t = 10.0)]
     pub max_garbage: f64,
     /// Report what would be reclaimed; change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Wait for mounts and verifies of the repository to end instead of failing (exit 4)
+    /// Wait for mounts, exports, verifies and ingests of the repository to end instead of failing (exit 4)
     #[arg(long)]
     pub wait: bool,
     /// Print a JSON summary on stdout
@@ -27,8 +27,7 @@ pub fn run(a: Args) -> super::Outcome {
         bail!("--max-garbage {} must be a percentage from 0 to 100", a.max_garbage);
     }
     let repo = Repo::open(&a.repo)?;
-    let writer = repo.lock_writer()?;
-    let _readers = repo.lock_readers_exclusive(a.wait)?;
+    let (writer, _readers) = repo.lock_for_pruning(a.wait)?;
     let mut bar = super::progress::Tracker::new("gc");
     let r = cbtfs::gc::gc(&repo, &writer, a.max_garbage / 100.0, a.dry_run, |d, t| bar.update(d, t))?;
     bar.finish();
