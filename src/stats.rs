@@ -62,7 +62,8 @@ pub fn stats(idx: &Index) -> Result<Stats> {
                     rusqlite::params![d.lineage, p.seq],
                     |r| r.get(0),
                 )?;
-                data += (blocks as u64 * bs).min(d.size.next_multiple_of(bs));
+                // A last, partial block counts only the disk's part of it.
+                data += (blocks as u64 * bs).min(d.size);
             }
             points.push(PointStats { machine: machine.clone(), point: p.name(), logical_bytes: logical, data_bytes: data });
         }

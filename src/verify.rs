@@ -6,6 +6,7 @@ use rayon::prelude::*;
 use crate::error::Result;
 use crate::index::BlockRow;
 use crate::pack::PackReader;
+use crate::pack::reader::ReadError;
 use crate::repo::Repo;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -94,7 +95,11 @@ pub fn verify(repo: &Repo, mut progress: impl FnMut(u64, u64)) -> Result<VerifyR
             .par_iter()
             .map(|b| match b.loc.raw_len {
                 n if n != block_size => Some(format!("holds {n} bytes, but the repository's blocks are {block_size} bytes")),
-                _ => reader.read_block_verified(&b.loc, &b.digest).err().map(|e| e.to_string()),
+                // What is wrong only: the report names the pack and offset.
+                _ => reader.read_block_verified(&b.loc, &b.digest).err().map(|e| match e {
+                    ReadError::Damaged { source, .. } => source.to_string(),
+                    ReadError::Io { source, .. } => format!("cannot read: {source}"),
+                }),
             })
             .collect();
         for (b, r) in page.into_iter().zip(results) {

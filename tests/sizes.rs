@@ -26,6 +26,13 @@ fn odd_sizes_read_back_exactly() {
         assert_eq!(point_disk(pt, name)["size"].as_u64(), Some(size), "{pt}");
     }
     verify_ok(&repo);
+    // All random: the data is the whole disk, not its last block's tail
+    // past the end too.
+    let total: u64 = sizes.iter().map(|(_, n)| n).sum();
+    let st = cbtfs(&["stats", &p(&repo), "--json"]).ok().stdout_json();
+    assert_eq!(st["points"][0]["logical_bytes"].as_u64(), Some(total), "{st}");
+    assert_eq!(st["points"][0]["data_bytes"].as_u64(), Some(total), "{st}");
+    assert_eq!(st["data_bytes"].as_u64(), Some(total), "{st}");
 
     let fuse = FuseMount::start(&repo, &s.mnt("fuse"));
     let point = latest_point(&repo, "odd");
