@@ -87,8 +87,20 @@ fn mount_is_read_only() {
     assert!(fs::remove_file(&img).is_err());
     assert!(fs::rename(&img, fuse.point_dir("vm1", &pt).join("x.img")).is_err());
     assert_same_file(&img, &src);
-    drop(fuse);
+    let out = fuse.unmount().ok();
+    assert!(!out.stderr.contains("warning"), "{}", out.describe());
     assert_eq!(before, repo_state(&repo));
+
+    // Over a directory with files: they are hidden while it runs, and the
+    // user is told; afterwards they are there as before.
+    let mp = s.mnt("full");
+    fs::create_dir_all(&mp).unwrap();
+    fs::write(mp.join("notes.txt"), b"mine").unwrap();
+    let fuse = FuseMount::start(&repo, &mp);
+    assert!(!fuse.mp.join("notes.txt").exists());
+    let out = fuse.unmount().ok();
+    assert!(out.stderr.contains("is not empty; its files are hidden while the mount runs"), "{}", out.describe());
+    assert_eq!(fs::read(mp.join("notes.txt")).unwrap(), b"mine");
 }
 
 #[test]

@@ -13,7 +13,7 @@ const CACHE_BYTES: usize = 64 << 20;
 pub struct Args {
     /// Repository directory
     pub repo: PathBuf,
-    /// Empty directory to mount on; runs in the foreground until `umount` or SIGINT/SIGTERM
+    /// Directory to mount on, normally empty (files in it are hidden while mounted); runs in the foreground until `umount` or SIGINT/SIGTERM
     pub mountpoint: PathBuf,
     /// Let other users read the tree too (a VM run by another user, e.g. libvirt's QEMU);
     /// for a mount by a user other than root, /etc/fuse.conf must say user_allow_other
@@ -25,6 +25,9 @@ pub fn run(a: Args) -> super::Outcome {
     let repo = Repo::open(&a.repo)?;
     if !a.mountpoint.is_dir() {
         anyhow::bail!("mount point {} is not a directory; create it first", a.mountpoint.display());
+    }
+    if std::fs::read_dir(&a.mountpoint).is_ok_and(|mut d| d.next().is_some()) {
+        super::warn(format_args!("{} is not empty; its files are hidden while the mount runs", a.mountpoint.display()));
     }
     // Held for as long as the mount runs: forget and gc wait for it.
     let _readers = repo.lock_readers_shared()?;
