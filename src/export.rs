@@ -48,6 +48,42 @@ fn temp_beside(out: &Path, what: &str) -> PathBuf {
     out.with_file_name(std::ffi::OsString::from_vec(temp))
 }
 
+/// Removes the temporary files earlier exports to `out` left when they
+/// were ended at once (a second Ctrl-C, SIGKILL, a crash), each as large
+/// as the disk's data: those of [`temp_beside`] whose process no longer
+/// runs. A process that runs under that number, perhaps another export
+/// to the same name, keeps its file.
+fn remove_stale_temps(out: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefixes: Vec<Vec<u8>> = ["raw", "qcow2"]
+        .iter()
+        .map(|what| {
+            let ours = temp_beside(out, what);
+            let name = ours.file_name().unwrap_or_default().as_bytes();
+            name[..name.len() - std::process::id().to_string().len()].to_vec()
+        })
+        .collect();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = prefixes.iter().find_map(|p| {
+            let rest = name.as_bytes().strip_prefix(p.as_slice())?;
+            let digits = std::str::from_utf8(rest).ok().filter(|d| d.bytes().all(|b| b.is_ascii_digit()))?;
+            digits.parse::<u32>().ok()
+        }) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => log::info!("removed {}, left by an export that was ended at once", path.display()),
+                Err(e) => log::warn!("cannot remove {}, left by an earlier export: {e}", path.display()),
+            }
+        }
+    }
+}
+
 /// Removes a path on drop unless disarmed.
 struct Cleanup(Option<PathBuf>);
 
@@ -127,6 +163,7 @@ pub fn export(
              export it as raw"
         )));
     }
+    remove_stale_temps(out);
     let raw_path = temp_beside(out, "raw");
     let cleanup = Cleanup(Some(raw_path.clone()));
     let file = OpenOptions::new()

@@ -270,4 +270,28 @@ fn interrupted_export_leaves_nothing() {
         let left: Vec<_> = fs::read_dir(&target).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(left.is_empty(), "SIG{sig} during a {format} export left {left:?}");
     }
+
+    // SIGKILL (as a second Ctrl-C ends it) leaves the temporary file; the
+    // next export to that name removes it, but not one of a process that
+    // runs, nor other files.
+    let out = target.join("sda.img");
+    let mut ex = spawn_cbtfs(&["export", &p(&repo), "vm1", "latest", "sda", &p(&out)], s.dir.path(), "killed");
+    let killed = format!(".sda.img.raw-{}", ex.pid());
+    let started = std::time::Instant::now();
+    while !target.join(&killed).exists() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    ex.kill();
+    assert!(target.join(&killed).exists(), "the killed export left no temporary file");
+    let running = format!(".sda.img.qcow2-{}", std::process::id());
+    for other in [running.as_str(), ".sda.img.raw-12x", ".other.img.raw-1"] {
+        fs::write(target.join(other), b"keep").unwrap();
+    }
+    cbtfs(&["export", &p(&repo), "vm1", "latest", "sda", &p(&out)]).ok();
+    assert_same_file(&out, &disk);
+    let mut left: Vec<String> = fs::read_dir(&target).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    let mut want = vec![".other.img.raw-1".to_string(), ".sda.img.raw-12x".to_string(), running, "sda.img".to_string()];
+    want.sort();
+    assert_eq!(left, want);
 }

@@ -73,7 +73,8 @@ pub fn run(a: Args) -> super::Outcome {
     let bar = super::progress::bytes(&a.disk, img.size());
     // SIGINT or SIGTERM end the export cleanly (see `export`): within a
     // chunk's work, or once a final fsync in progress returns. A second
-    // one ends the process at once, leaving the temporary file.
+    // one ends the process at once, leaving the temporary file for the
+    // next export to that name to remove.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(sig, super::exit::ERROR.into(), stop.clone())?;
