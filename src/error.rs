@@ -18,11 +18,11 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
     /// Another process holds the repository lock.
-    #[error("repository {0} is busy: another writer (ingest, forget or gc) holds its lock file; try again when it has finished")]
+    #[error("repository {0} is busy: another writer (ingest, forget, gc or protect) holds its lock file; try again when it has finished, or give forget and gc --wait")]
     Busy(PathBuf),
     /// A mount or verify reads the repository, and retention must not
     /// change it under them.
-    #[error("repository {0} is in use by a mount or a verify; stop them first, or pass --wait to wait for them")]
+    #[error("repository {0} is in use by a mount, an export or a verify; stop them first, or pass --wait to wait for them")]
     InUse(PathBuf),
     /// Retention (forget, gc) is changing the repository: readers must
     /// not start until it ends.

@@ -74,7 +74,7 @@ fn remove_stale_temps(out: &Path) {
         }) else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        if crate::process::gone(pid) {
             let path = entry.path();
             match std::fs::remove_file(&path) {
                 Ok(()) => log::info!("removed {}, left by an export that was ended at once", path.display()),
@@ -112,15 +112,21 @@ pub fn check_output(out: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::FileTypeExt;
     let shown = out.display();
-    match out.symlink_metadata() {
+    // Followed through symlinks: disks are named by /dev/disk/by-id links.
+    match std::fs::metadata(out) {
         Ok(m) if m.file_type().is_block_device() => {
             return Err(Error::Input(format!(
                 "{shown} is a block device; export writes a new file. To restore onto a disk, \
                  copy the image from `cbtfs mount`: dd if=MOUNT/MACHINE/POINT/DISK.img of={shown} bs=4M conv=fsync"
             )));
         }
-        Ok(_) => return Err(Error::Input(format!("{shown} exists; remove it or choose another name"))),
-        Err(_) => {}
+        Ok(m) if m.is_dir() => {
+            return Err(Error::Input(format!("{shown} is a directory; name the file to write in it")));
+        }
+        _ => {}
+    }
+    if out.symlink_metadata().is_ok() {
+        return Err(Error::Input(format!("{shown} exists; remove it or choose another name")));
     }
     let bytes = out.as_os_str().as_bytes();
     if bytes.ends_with(b"/") || out.file_name().is_none() {

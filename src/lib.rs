@@ -24,6 +24,7 @@ pub mod names;
 pub mod nbd;
 pub mod pack;
 pub mod partition;
+pub mod process;
 pub mod qemu_args;
 pub mod ranges;
 pub mod readahead;

@@ -13,6 +13,7 @@
 use crate::error::Result;
 use crate::format::{FRAME_HEADER_LEN, PACK_HEADER_LEN};
 use crate::index::Index;
+use rusqlite::OptionalExtension;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PointStats {
@@ -62,8 +63,22 @@ pub fn stats(idx: &Index) -> Result<Stats> {
                     rusqlite::params![d.lineage, p.seq],
                     |r| r.get(0),
                 )?;
+                data += blocks as u64 * bs;
                 // A last, partial block counts only the disk's part of it.
-                data += (blocks as u64 * bs).min(d.size);
+                let tail = d.size % bs;
+                if tail != 0 {
+                    let last: Option<Option<i64>> = conn
+                        .query_row(
+                            "SELECT block_id FROM block_versions
+                             WHERE lineage_id = ?1 AND block_no = ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT 1",
+                            rusqlite::params![d.lineage, (d.size / bs) as i64, p.seq],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if matches!(last, Some(Some(_))) {
+                        data -= bs - tail;
+                    }
+                }
             }
             points.push(PointStats { machine: machine.clone(), point: p.name(), logical_bytes: logical, data_bytes: data });
         }

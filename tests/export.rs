@@ -121,12 +121,19 @@ fn export_targets_as_a_user_names_them() {
     assert_same_file(&out_dir.join(&long), &disk);
 
     fs::write(out_dir.join("file"), b"").unwrap();
+    fs::create_dir(out_dir.join("dir")).unwrap();
     let dev = sh("losetup", &["-f", "--show", &p(&disk)]).trim().to_string();
+    // A disk as /dev/disk/by-id names it: a symlink to the device.
+    let by_id = s.path("by-id-disk");
+    std::os::unix::fs::symlink(&dev, &by_id).unwrap();
     let cases = [
         ("newdir/", "not a file name"),
+        ("dir", "dir is a directory"),
         ("missing/sda.img", "cannot write to directory missing: No such file"),
         ("file/sda.img", "file is not a directory"),
         (dev.as_str(), "is a block device"),
+        (by_id.to_str().unwrap(), "is a block device"),
+        ("file", "file exists"),
     ];
     for (target, needle) in cases {
         let (code, err) = export(target, "raw");
@@ -137,7 +144,7 @@ fn export_targets_as_a_user_names_them() {
     sh("losetup", &["-d", &dev]);
     let mut left: Vec<String> = fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     left.sort();
-    assert_eq!(left, ["file", "web01-2026-12-01T10:00.img", long.as_str()]);
+    assert_eq!(left, ["dir", "file", "web01-2026-12-01T10:00.img", long.as_str()]);
 
     // A disk of whole sectors, to a qcow2 named with a time.
     let disk2 = s.path("sdb.raw");

@@ -228,7 +228,7 @@ fn retention_waits_for_mounts() {
     sleep(Duration::from_millis(300));
     let out = cbtfs(&["gc", &p(&repo)]);
     assert_eq!(out.code, Some(4), "{}", out.describe());
-    assert!(out.stderr.contains("another writer (ingest, forget or gc)"), "{}", out.describe());
+    assert!(out.stderr.contains("another writer (ingest, forget, gc or protect)"), "{}", out.describe());
     let started = std::time::Instant::now();
     let out = spawn_cbtfs(&["gc", &p(&repo), "--wait"], s.dir.path(), "gc-ingest").wait_timeout(Duration::from_secs(30));
     assert_eq!(out.code, Some(0), "{}", out.describe());

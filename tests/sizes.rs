@@ -33,6 +33,15 @@ fn odd_sizes_read_back_exactly() {
     assert_eq!(st["points"][0]["logical_bytes"].as_u64(), Some(total), "{st}");
     assert_eq!(st["points"][0]["data_bytes"].as_u64(), Some(total), "{st}");
     assert_eq!(st["data_bytes"].as_u64(), Some(total), "{st}");
+    // A hole, then data up to the end in the last, partial block: only
+    // the disk's part of that block is data.
+    let holey = s.path("holey.raw");
+    set_size(&holey, 100_000);
+    write_at(&holey, 70_000, &rng.bytes(30_000));
+    Ingest::new(&repo, "holey").disk("sda", &holey).run().ok();
+    let st = cbtfs(&["stats", &p(&repo), "--json"]).ok().stdout_json();
+    let pt = st["points"].as_array().unwrap().iter().find(|x| x["machine"] == "holey").unwrap();
+    assert_eq!(pt["data_bytes"].as_u64(), Some(100_000 - 65_536), "{pt}");
 
     let fuse = FuseMount::start(&repo, &s.mnt("fuse"));
     let point = latest_point(&repo, "odd");

@@ -242,7 +242,7 @@ fn remove_dead_dirs(base: &Path) {
             continue;
         };
         let Ok(pid) = pid.parse::<u32>() else { continue };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        if crate::process::gone(pid) {
             log::debug!("removing {}, left by a process that no longer runs", e.path().display());
             let _ = std::fs::remove_dir_all(e.path());
         }
