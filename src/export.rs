@@ -163,7 +163,7 @@ pub fn export(
     };
     check_output(out)?;
     let size = img.size();
-    if format == Format::Qcow2 && size % 512 != 0 {
+    if format == Format::Qcow2 && !size.is_multiple_of(512) {
         return Err(Error::Input(format!(
             "the disk is {size} bytes, not a whole number of 512-byte sectors, which a qcow2 image cannot hold; \
              export it as raw"
