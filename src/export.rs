@@ -36,15 +36,29 @@ pub struct Exported {
     pub data_bytes: u64,
 }
 
-/// A path in the same directory as `out`, for writing before the rename.
-/// The target's name is shortened in it where needed, so that a name
-/// near the file system's limit (255 bytes) still has a temporary one.
-fn temp_beside(out: &Path, what: &str) -> PathBuf {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+/// The directory `out` is to be written in.
+fn dir_of(out: &Path) -> &Path {
+    out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// The name of an export's temporary file of kind `what` for `out`, but
+/// for the process number that ends it. The target's name is shortened
+/// in it where needed, so that a name near the file system's limit (255
+/// bytes) still has a temporary one.
+fn temp_prefix(out: &Path, what: &str) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
     let name = out.file_name().map(OsStrExt::as_bytes).unwrap_or_default();
     let mut temp = b".".to_vec();
     temp.extend_from_slice(&name[..name.len().min(200)]);
-    temp.extend_from_slice(format!(".{what}-{}", std::process::id()).as_bytes());
+    temp.extend_from_slice(format!(".{what}-").as_bytes());
+    temp
+}
+
+/// A path in the same directory as `out`, for writing before the rename.
+fn temp_beside(out: &Path, what: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let mut temp = temp_prefix(out, what);
+    temp.extend_from_slice(std::process::id().to_string().as_bytes());
     out.with_file_name(std::ffi::OsString::from_vec(temp))
 }
 
@@ -55,16 +69,8 @@ fn temp_beside(out: &Path, what: &str) -> PathBuf {
 /// to the same name, keeps its file.
 fn remove_stale_temps(out: &Path) {
     use std::os::unix::ffi::OsStrExt;
-    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let prefixes: Vec<Vec<u8>> = ["raw", "qcow2"]
-        .iter()
-        .map(|what| {
-            let ours = temp_beside(out, what);
-            let name = ours.file_name().unwrap_or_default().as_bytes();
-            name[..name.len() - std::process::id().to_string().len()].to_vec()
-        })
-        .collect();
+    let Ok(entries) = std::fs::read_dir(dir_of(out)) else { return };
+    let prefixes = ["raw", "qcow2"].map(|what| temp_prefix(out, what));
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = prefixes.iter().find_map(|p| {
@@ -132,7 +138,7 @@ pub fn check_output(out: &Path) -> Result<()> {
     if bytes.ends_with(b"/") || out.file_name().is_none() {
         return Err(Error::Input(format!("{shown} is not a file name; name the file to write")));
     }
-    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dir_of(out);
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(Error::Input(format!("{} is not a directory", dir.display()))),
@@ -337,10 +343,8 @@ fn publish(tmp: &Path, out: &Path) -> Result<()> {
         },
         Err(e) => return Err(err(e.into())),
     }
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))?;
-    }
-    Ok(())
+    let dir = dir_of(out);
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))
 }
 
 #[cfg(test)]
