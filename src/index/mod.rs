@@ -309,11 +309,10 @@ impl Index {
     /// than [`LOG_FOLD_BYTES`]. Best effort: readers may keep part of it
     /// busy, and the next writer tries again.
     ///
-    /// A log left small costs readers nothing worth measuring, while
-    /// folding it costs a writer three fsyncs, and SQLite starting the
-    /// emptied log again at the next commit two more: half of what a
-    /// small incremental cost. A large one (after a full ingest) is
-    /// folded, since SQLite would reuse it but never shrink it while
+    /// Folding costs a writer two fsyncs, and SQLite starting the
+    /// emptied log again at the next commit one more: half of the six
+    /// fsyncs a small incremental did. A large log (after a full ingest)
+    /// is folded, since SQLite would reuse it but never shrink it while
     /// mounts hold the index open.
     pub fn fold_large_log(&self) {
         let mut log = self.path.clone().into_os_string();
