@@ -269,7 +269,7 @@ fn the_log_keeps_small_ingests_and_is_folded_once_large() {
     save_copy(&src, &copies[0]);
 
     // Incrementals of 50 random 4 KiB blocks each, by map: each adds
-    // about 100 KiB to the log.
+    // about 200 KiB to the log, so it is folded every five or six.
     let (mut folds, mut prev) = (0, log_len());
     for i in 2..=40 {
         let mut map = Vec::new();
