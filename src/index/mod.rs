@@ -132,6 +132,15 @@ fn remove_building(repo: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// SQLite's log of the index at `index` and the log's shared-memory file.
+fn log_files(index: &Path) -> [PathBuf; 2] {
+    ["-wal", "-shm"].map(|suffix| {
+        let mut p = index.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    })
+}
+
 fn set_pragmas(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -244,7 +253,7 @@ impl Index {
     /// wrong places, so opening is refused with what to do.
     fn open_read_only(repo: &Path, path: PathBuf, read_only_storage: bool) -> Result<Index> {
         let open = |e| IndexError::Open { path: path.clone(), source: e };
-        let log_files = ["wal", "shm"].map(|x| repo.join(format!("{}-{x}", crate::format::INDEX_FILE)));
+        let log_files = log_files(&path);
         match Index::open_read_only_with(&path, "mode=ro") {
             Ok(conn) => return Index::checked_read_only(conn, path),
             // Another reason (no read permission, a damaged file) is
@@ -315,8 +324,7 @@ impl Index {
     /// is folded, since SQLite would reuse it but never shrink it while
     /// mounts hold the index open.
     pub fn fold_large_log(&self) {
-        let mut log = self.path.clone().into_os_string();
-        log.push("-wal");
+        let [log, _] = log_files(&self.path);
         if std::fs::metadata(&log).is_ok_and(|m| m.len() > LOG_FOLD_BYTES) {
             let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
         }
